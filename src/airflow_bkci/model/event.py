@@ -118,8 +118,13 @@ class StatusEvent:
 
     @property
     def key(self) -> EventKey:
+        # Airflow 3 gives every clear of a task a new try, so try_number alone
+        # orders a task's attempts; the run's clear_number only orders the
+        # build node. Sources that saw different clear counts for the same
+        # try (a worker, then the scheduler after another task was cleared)
+        # must still agree on the key, so tasks leave it out.
         return EventKey(
-            self.clear_number,
+            self.clear_number if self.node.is_build else 0,
             self.try_number,
             self.effective_rank,
             self.at.timestamp(),
@@ -132,6 +137,7 @@ STATIC_FIELDS = frozenset(
     {
         "operator",
         "stage",
+        "stage_name",
         "stage_order",
         "order",
         "label",

@@ -48,6 +48,10 @@ class Decision(str, enum.Enum):
     DUPLICATE = "duplicate"  # nothing new
 
 
+NO_STATUS_KEY = EventKey(0, 0, -1, 0.0, "", 0)
+"""Key of a node known only from enrichment records; every real key is higher."""
+
+
 @dataclass(frozen=True, slots=True)
 class NodeState:
     """Current state of one node (build or task), as plain data."""
@@ -59,8 +63,19 @@ class NodeState:
     removed: bool = False
     fields: dict[str, tuple[Any, EventKey]] = field(default_factory=dict)
 
+    @property
+    def has_status(self) -> bool:
+        """False while only enrichment records (context, no status) have arrived."""
+        return self.key.rank >= 0
+
     def values(self) -> dict[str, Any]:
-        return {name: value for name, (value, _) in self.fields.items()}
+        """Context of the current try (and static fields); later tries' fields wait."""
+        attempt = self.key.attempt
+        return {
+            name: value
+            for name, (value, key) in self.fields.items()
+            if name in STATIC_FIELDS or key.attempt <= attempt or not self.has_status
+        }
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -87,9 +102,9 @@ class NodeState:
 def decide(current: NodeState | None, event: StatusEvent) -> Decision:
     """Classify ``event`` against ``current`` without changing anything."""
     if event.status is None and not event.removed:
-        return Decision.ENRICH if current is not None else Decision.STALE
+        return Decision.ENRICH
     key = event.key
-    if current is None:
+    if current is None or not current.has_status:
         return Decision.REMOVE if event.removed else Decision.CREATE
     if key == current.key:
         return Decision.DUPLICATE
@@ -117,9 +132,10 @@ def _merge_fields(
 ) -> dict[str, tuple[Any, EventKey]]:
     key = event.key
     merged = dict(fields)
-    for name, value in event.fields.items():
-        if name not in STATIC_FIELDS and key.attempt != attempt:
-            continue  # a field of another try says nothing about this one
+    values = {**event.fields, "clear_number": event.clear_number}
+    for name, value in values.items():
+        if name not in STATIC_FIELDS and key.attempt < attempt:
+            continue  # a field of an earlier try says nothing about this one
         old = merged.get(name)
         if old is None or key > old[1]:
             merged[name] = (value, key)
@@ -129,7 +145,9 @@ def _merge_fields(
 def _drop_old_try_fields(
     fields: dict[str, tuple[Any, EventKey]], attempt: tuple[int, int]
 ) -> dict[str, tuple[Any, EventKey]]:
-    return {n: fk for n, fk in fields.items() if n in STATIC_FIELDS or fk[1].attempt == attempt}
+    # fields of a later try (enrichment that overtook the try's first status)
+    # stay, hidden by NodeState.values() until that try opens
+    return {n: fk for n, fk in fields.items() if n in STATIC_FIELDS or fk[1].attempt >= attempt}
 
 
 def apply(current: NodeState | None, event: StatusEvent) -> tuple[NodeState | None, Decision]:
@@ -138,12 +156,9 @@ def apply(current: NodeState | None, event: StatusEvent) -> tuple[NodeState | No
     if decision is Decision.DUPLICATE:
         return current, decision
     if current is None:
-        if decision is Decision.STALE:  # enrichment for a node we do not know yet
-            return None, decision
-        assert event.status is not None or event.removed
-        status = event.status or BuildStatus.UNEXEC
-        state = NodeState(status, event.key, event.airflow_state, event.detail, event.removed)
-        return replace(state, fields=_merge_fields({}, event, event.key.attempt)), decision
+        # Context before any status (it overtook the first status event) is
+        # kept on a node without status, so no arrival order loses it.
+        current = NodeState(BuildStatus.QUEUE, NO_STATUS_KEY, detail="pending")
     if decision in (Decision.STALE, Decision.ENRICH):
         fields = _merge_fields(current.fields, event, current.key.attempt)
         return replace(current, fields=fields), decision
@@ -152,7 +167,9 @@ def apply(current: NodeState | None, event: StatusEvent) -> tuple[NodeState | No
     if key.attempt != current.key.attempt:
         fields = _drop_old_try_fields(fields, key.attempt)
     state = NodeState(
-        status=event.status or current.status,
+        # a removal keeps no status of its own: whatever came before it
+        # depends on arrival order (removed tasks leave the tree anyway)
+        status=event.status or BuildStatus.UNEXEC,
         key=key,
         airflow_state=event.airflow_state,
         detail=event.detail,

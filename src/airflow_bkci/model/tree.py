@@ -106,7 +106,7 @@ def _task_document(node_id: str, state: NodeState) -> dict[str, Any]:
         "detail": state.detail,
         "airflow_state": state.airflow_state,
         "try_number": state.key.try_number,
-        "execute_count": state.key.clear_number + 1,
+        "execute_count": int(values.get("clear_number") or 0) + 1,
     }
     for name in _TASK_FIELDS:
         doc[name] = values.get(name)
@@ -135,7 +135,9 @@ def build_document(
             stage_id,
             {
                 "id": stage_id,
-                "name": "(ungrouped)" if stage_id == UNGROUPED_STAGE else stage_id,
+                "name": "(ungrouped)"
+                if stage_id == UNGROUPED_STAGE
+                else tv.get("stage_name") or stage_id,
                 "tasks": {},
             },
         )

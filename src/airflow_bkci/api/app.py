@@ -1,0 +1,84 @@
+"""The BK-CI FastAPI app, mounted by the plugin in Airflow's API server at ``/bkci``."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+from fastapi import FastAPI
+
+from airflow_bkci.model.event import StatusEvent
+
+__all__ = ["DEFAULT_MAX_BODY_BYTES", "DEFAULT_MAX_ITEMS", "StoreProvider", "create_app"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
+DEFAULT_MAX_ITEMS = 5000
+
+
+class IngestStore(Protocol):
+    """What the ingest route needs from :class:`airflow_bkci.store.Store`."""
+
+    def apply(self, events: Sequence[StatusEvent]) -> Any: ...
+
+    def quarantine(self, payload: str, reason: str, source: str) -> Any: ...
+
+
+def _default_store() -> IngestStore:
+    from airflow_bkci.store import Store  # type: ignore[attr-defined]
+
+    store = Store.from_conf()
+    store.migrate()
+    return store  # type: ignore[no-any-return]
+
+
+class StoreProvider:
+    """Builds the process-wide store on first use; retries on the next call if that fails."""
+
+    def __init__(self, factory: Callable[[], IngestStore] = _default_store) -> None:
+        self._factory = factory
+        self._lock = threading.Lock()
+        self._store: IngestStore | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self._store is not None
+
+    def get(self) -> IngestStore:
+        if self._store is None:
+            with self._lock:
+                if self._store is None:
+                    self._store = self._factory()
+        return self._store
+
+
+def _conf_secret() -> str:
+    from airflow_bkci import conf
+
+    return conf.ingest_secret()
+
+
+def create_app(
+    *,
+    store_factory: Callable[[], IngestStore] | None = None,
+    secret: Callable[[], str] | None = None,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    max_items: int = DEFAULT_MAX_ITEMS,
+) -> FastAPI:
+    """Build the app; the defaults read ``[bkci]`` and open the store lazily."""
+    from airflow_bkci.api.routes import health, ingest
+
+    app = FastAPI(
+        title="BK-CI build status",
+        description="Ingest of worker records and build status for airflow-bkci.",
+    )
+    app.state.bkci_store = StoreProvider(store_factory or _default_store)
+    app.state.bkci_secret = secret or _conf_secret
+    app.state.bkci_max_body_bytes = max_body_bytes
+    app.state.bkci_max_items = max_items
+    app.include_router(ingest.router)
+    app.include_router(health.router)
+    return app

@@ -1,0 +1,1 @@
+"""Routers of the BK-CI API app, one per resource."""

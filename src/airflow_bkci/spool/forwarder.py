@@ -1,0 +1,355 @@
+"""Forwarder: drains the local spool to the ingest route, best effort.
+
+Rows leave the spool only when the receiver answered 2xx (acked) or refused
+that one row for good (quarantined locally with the reason). Anything else, a
+dead receiver, a slow network, a wrong secret, leaves the rows for the next
+try, for another task runner on the host, or for ``airflow-bkci relay``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import requests
+from tenacity import RetryCallState, Retrying, wait_exponential_jitter
+
+from airflow_bkci.exceptions import BkciError, InvalidEvent
+from airflow_bkci.spool.records import record_to_event
+from airflow_bkci.spool.spool import Spool
+
+__all__ = ["BatchResult", "Forwarder", "backoff_delay"]
+
+log = logging.getLogger(__name__)
+
+WaitStrategy = Callable[[RetryCallState], float]
+DEFAULT_WAIT: WaitStrategy = wait_exponential_jitter(multiplier=0.5, max=30, jitter=0.5)
+_RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+
+
+def backoff_delay(wait: WaitStrategy, failures: int) -> float:
+    """Delay before the next try after ``failures`` failures in a row, per ``wait``."""
+    state = RetryCallState(retry_object=Retrying(), fn=None, args=(), kwargs={})
+    state.attempt_number = max(1, failures)
+    return float(wait(state))
+
+
+@dataclass
+class BatchResult:
+    """What one pass over the spool did."""
+
+    sent: int = 0
+    quarantined: int = 0
+    claimed: int = 0
+    error: str | None = None
+    retry_after: float | None = None
+    rejected_reasons: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def add(self, other: BatchResult) -> None:
+        self.sent += other.sent
+        self.quarantined += other.quarantined
+        self.claimed += other.claimed
+        self.error, self.retry_after = other.error, other.retry_after
+        self.rejected_reasons.extend(other.rejected_reasons)
+
+
+def _retry_after(response: requests.Response) -> float | None:
+    raw = response.headers.get("Retry-After")
+    try:
+        return max(0.0, float(raw)) if raw else None
+    except ValueError:
+        return None  # an HTTP date: fall back to our own backoff
+
+
+def _detail(response: requests.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:200]
+    if isinstance(body, dict) and "detail" in body:
+        return str(body["detail"])[:200]
+    return str(body)[:200]
+
+
+class Forwarder:
+    """Posts spooled records in batches, from a daemon thread or on demand.
+
+    ``drain()`` does the work synchronously (``airflow-bkci relay`` uses it);
+    ``start()`` runs it in a daemon thread woken by ``notify()``; ``flush()``
+    asks that thread for one more pass and waits for it, at most ``timeout``.
+    No public method raises.
+    """
+
+    def __init__(
+        self,
+        spool: Spool,
+        url: str,
+        secret: str | None,
+        *,
+        batch_size: int = 200,
+        connect_timeout: float = 1.0,
+        read_timeout: float = 5.0,
+        wait: WaitStrategy = DEFAULT_WAIT,
+        idle_interval: float = 5.0,
+        session: requests.Session | None = None,
+    ) -> None:
+        self.spool = spool
+        self.url = url
+        self._secret = secret
+        self.batch_size = max(1, int(batch_size))
+        self.timeouts = (connect_timeout, read_timeout)
+        self.wait = wait
+        self.idle_interval = idle_interval
+        self._session = session or requests.Session()
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self._new_rows = False
+        self._flush_gen = 0
+        self._done_gen = 0
+        self._last = BatchResult()
+        self.failures = 0
+
+    @classmethod
+    def from_conf(cls, spool: Spool, **kwargs: Any) -> Forwarder:
+        """A forwarder configured from ``[bkci]`` (ingest_url, ingest_secret, batch size)."""
+        from airflow_bkci import conf
+
+        secret: str | None
+        try:
+            secret = conf.ingest_secret()
+        except BkciError as exc:
+            log.warning("BK-CI forwarder cannot authenticate, records stay spooled: %s", exc)
+            secret = None
+        kwargs.setdefault("batch_size", conf.forward_batch_size())
+        return cls(spool, conf.ingest_url(), secret, **kwargs)
+
+    # -- synchronous work -------------------------------------------------
+
+    def drain(self, *, max_seconds: float | None = None) -> BatchResult:
+        """Send batches until the spool has nothing claimable, a send fails, or time is up."""
+        total = BatchResult()
+        end = None if max_seconds is None else time.monotonic() + max_seconds
+        while True:
+            result = self.send_batch()
+            total.add(result)
+            if not result.ok or result.claimed == 0:
+                return total
+            if end is not None and time.monotonic() >= end:
+                return total
+
+    def send_batch(self) -> BatchResult:
+        """Claim one batch, post it, ack or quarantine or give it back. Never raises."""
+        try:
+            return self._send_batch()
+        except Exception as exc:
+            log.warning("BK-CI forwarder failed on the spool at %s", self.spool.path, exc_info=True)
+            return BatchResult(error=f"spool error: {type(exc).__name__}: {exc}")
+
+    def _send_batch(self) -> BatchResult:
+        result = BatchResult()
+        rows = self.spool.claim(self.batch_size)
+        result.claimed = len(rows)
+        ids: list[int] = []
+        records: list[Any] = []
+        for row_id, text in rows:
+            reason = self._local_reject(text)
+            if reason is None:
+                ids.append(row_id)
+                records.append(json.loads(text))
+            else:
+                self._quarantine(row_id, reason, result)
+        if not records:
+            return result
+        if self._secret is None:
+            self.spool.release(ids)
+            result.error = "no ingest secret: set [bkci] ingest_secret on this worker"
+            return result
+        try:
+            response = self._session.post(
+                self.url,
+                json=records,
+                headers={"Authorization": f"Bearer {self._secret}"},
+                timeout=self.timeouts,
+            )
+        except requests.RequestException as exc:
+            self.spool.release(ids)
+            result.error = f"{type(exc).__name__}: {exc}"
+            return result
+        self._handle_response(response, ids, result)
+        return result
+
+    def _local_reject(self, text: str) -> str | None:
+        try:
+            record = json.loads(text)
+        except ValueError as exc:
+            return f"not JSON: {exc}"
+        try:
+            record_to_event(record)
+        except InvalidEvent as exc:
+            return exc.reason
+        except Exception as exc:  # a record the model itself refuses
+            return f"{type(exc).__name__}: {exc}"
+        return None
+
+    def _quarantine(self, row_id: int, reason: str, result: BatchResult) -> None:
+        self.spool.quarantine(row_id, reason)
+        result.quarantined += 1
+        result.rejected_reasons.append(reason)
+        log.warning("BK-CI spool row %d quarantined in %s: %s", row_id, self.spool.path, reason)
+
+    def _handle_response(
+        self, response: requests.Response, ids: list[int], result: BatchResult
+    ) -> None:
+        status = response.status_code
+        if 200 <= status < 300:
+            rejected = self._rejected_indexes(response, len(ids))
+            for index, reason in rejected.items():
+                self._quarantine(ids[index], f"rejected by receiver: {reason}", result)
+            accepted = [row_id for i, row_id in enumerate(ids) if i not in rejected]
+            self.spool.ack(accepted)
+            result.sent += len(accepted)
+            return
+        if status == 413 and len(ids) == 1:
+            self._quarantine(ids[0], "record too large for the receiver (HTTP 413)", result)
+            return
+        self.spool.release(ids)
+        if status == 413:
+            self.batch_size = max(1, len(ids) // 2)
+            result.error = f"HTTP 413: batch of {len(ids)} too large; trying {self.batch_size}"
+            result.retry_after = 0.0
+        elif status in (401, 403):
+            result.error = (
+                f"HTTP {status} from {self.url}: {_detail(response)}. Set [bkci] "
+                "ingest_secret to the same value on API servers and workers."
+            )
+        else:
+            result.error = f"HTTP {status} from {self.url}: {_detail(response)}"
+            if status in _RETRYABLE_STATUS:
+                result.retry_after = _retry_after(response)
+
+    @staticmethod
+    def _rejected_indexes(response: requests.Response, count: int) -> dict[int, str]:
+        try:
+            body = response.json()
+        except ValueError:
+            log.warning("BK-CI receiver answered %d without JSON; acking the batch", 200)
+            return {}
+        out: dict[int, str] = {}
+        items = body.get("rejected", []) if isinstance(body, dict) else []
+        for item in items if isinstance(items, list) else []:
+            if not isinstance(item, dict):
+                continue
+            index = item.get("index")
+            if isinstance(index, int) and not isinstance(index, bool) and 0 <= index < count:
+                out[index] = str(item.get("reason", "no reason given"))[:1000]
+        return out
+
+    # -- background thread ------------------------------------------------
+
+    def start(self) -> None:
+        """Start the daemon thread (once)."""
+        with self._cond:
+            if self._thread is not None and self._thread.is_alive():
+                return
+            self._stopping = False
+            self._thread = threading.Thread(target=self._run, name="bkci-forwarder", daemon=True)
+            self._thread.start()
+
+    def notify(self) -> None:
+        """Tell the thread new rows are waiting (cheap; no I/O)."""
+        with self._cond:
+            self._new_rows = True
+            self._cond.notify_all()
+
+    def flush(self, timeout: float) -> bool:
+        """Ask for one more pass and wait for it; True when everything claimable was sent.
+
+        Returns False at once when that pass fails (rows stay spooled), and at
+        the latest after ``timeout`` seconds. Never raises.
+        """
+        try:
+            self.start()
+            end = time.monotonic() + max(0.0, timeout)
+            with self._cond:
+                self._flush_gen += 1
+                gen = self._flush_gen
+                self._cond.notify_all()
+                while self._done_gen < gen:
+                    remaining = end - time.monotonic()
+                    if remaining <= 0:
+                        return False
+                    self._cond.wait(remaining)
+                return self._last.ok
+        except Exception:
+            log.warning("BK-CI forwarder flush failed", exc_info=True)
+            return False
+
+    def stop(self, timeout: float = 1.0) -> None:
+        """Stop the thread, waiting at most ``timeout`` seconds."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+
+    def _wait_for_work(self, delay: float) -> int:
+        end = time.monotonic() + delay
+        with self._cond:
+            while not self._stopping and self._flush_gen == self._done_gen:
+                if self._new_rows and self.failures == 0:
+                    break  # new rows wake us, but never cut a backoff short
+                remaining = end - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+            self._new_rows = False
+            return self._flush_gen
+
+    def _run(self) -> None:
+        delay = 0.0
+        while True:
+            gen = self._wait_for_work(delay)
+            if self._stopping:
+                return
+            result = self.drain()
+            delay = self._next_delay(result)  # logs before a waiting flush() returns
+            with self._cond:
+                self._last = result
+                self._done_gen = max(self._done_gen, gen)
+                self._cond.notify_all()
+
+    def _next_delay(self, result: BatchResult) -> float:
+        if result.ok:
+            self.failures = 0
+            return self.idle_interval
+        if result.retry_after == 0.0:  # a smaller batch can go at once
+            return 0.0
+        self.failures += 1
+        delay = max(backoff_delay(self.wait, self.failures), result.retry_after or 0.0)
+        log.warning(
+            "BK-CI forwarder could not send to %s: %s. %d records stay in the spool; "
+            "next try in %.1fs (failure %d in a row)",
+            self.url,
+            result.error,
+            self._pending(),
+            delay,
+            self.failures,
+        )
+        return delay
+
+    def _pending(self) -> int:
+        try:
+            return self.spool.pending_count()
+        except Exception:
+            return -1

@@ -1,0 +1,186 @@
+"""Append-only local buffer of worker records: one SQLite file per host.
+
+Task runners append here on their hot path (one INSERT on an open connection,
+about 0.1 ms); forwarders claim rows with a short lease, post them, and ack or
+quarantine them. Several processes on one host share the file: SQLite's WAL
+and ``busy_timeout`` serialise writers, the lease keeps two forwarders from
+sending the same rows at the same time, and an expired lease (a forwarder that
+died mid-request) makes the rows claimable again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+__all__ = ["DEFAULT_LEASE", "Spool"]
+
+DEFAULT_LEASE = 30.0
+"""Seconds a claimed row stays invisible to other forwarders."""
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS spool (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    record TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    lease_until REAL NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS spool_quarantine (
+    id INTEGER PRIMARY KEY,
+    record TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    quarantined_at REAL NOT NULL
+);
+"""
+
+
+class Spool:
+    """A local, durable, multi-process queue of JSON records.
+
+    One instance holds one open connection and is safe to share between the
+    threads of a process; processes share the file. Open it in the process
+    that uses it: after a fork the child reopens its own connection.
+    ``autocheckpoint=False`` keeps WAL checkpoints (milliseconds) off a hot
+    path; some other connection to the file (the forwarder's) must then run them.
+    """
+
+    def __init__(
+        self, path: str | Path, *, busy_timeout: float = 5.0, autocheckpoint: bool = True
+    ) -> None:
+        self.path = Path(path)
+        self._busy_timeout = busy_timeout
+        self._autocheckpoint = autocheckpoint
+        self._lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
+        self._pid = 0
+        self._connect()
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            self.path,
+            timeout=self._busy_timeout,
+            isolation_level=None,  # autocommit; multi-statement work uses BEGIN IMMEDIATE
+            check_same_thread=False,  # guarded by self._lock
+        )
+        try:
+            conn.execute(f"PRAGMA busy_timeout={int(self._busy_timeout * 1000)}")
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            if not self._autocheckpoint:
+                # Appenders on a hot path leave WAL checkpoints to the forwarder's commits.
+                conn.execute("PRAGMA wal_autocheckpoint=0")
+            conn.executescript(_SCHEMA)
+        except BaseException:
+            conn.close()
+            raise
+        self._conn, self._pid = conn, os.getpid()
+        return conn
+
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None or self._pid != os.getpid():
+            # A connection must never cross a fork; the parent keeps its own.
+            self._conn = None
+            return self._connect()
+        return self._conn
+
+    def append(self, record: Mapping[str, Any]) -> int:
+        """Store one record (a JSON-serialisable mapping); return its row id."""
+        text = json.dumps(record, separators=(",", ":"), default=str)
+        with self._lock:
+            cur = self._db().execute(
+                "INSERT INTO spool (record, created_at) VALUES (?, ?)", (text, time.time())
+            )
+            return int(cur.lastrowid or 0)
+
+    def append_text(self, text: str) -> int:
+        """Store a record already serialised (also used by tests to spool bad rows)."""
+        with self._lock:
+            cur = self._db().execute(
+                "INSERT INTO spool (record, created_at) VALUES (?, ?)", (text, time.time())
+            )
+            return int(cur.lastrowid or 0)
+
+    def claim(self, limit: int, *, lease: float = DEFAULT_LEASE) -> list[tuple[int, str]]:
+        """Lease up to ``limit`` of the oldest unleased rows to the caller."""
+        now = time.time()
+        with self._lock:
+            rows = (
+                self._db()
+                .execute(
+                    "UPDATE spool SET lease_until = ? WHERE id IN ("
+                    " SELECT id FROM spool WHERE lease_until <= ? ORDER BY id LIMIT ?"
+                    ") RETURNING id, record",
+                    (now + lease, now, max(0, int(limit))),
+                )
+                .fetchall()
+            )
+        return sorted((int(i), str(r)) for i, r in rows)
+
+    def release(self, ids: Iterable[int]) -> None:
+        """Give leased rows back at once (the send failed; another forwarder may try)."""
+        self._many("UPDATE spool SET lease_until = 0 WHERE id = ?", ids)
+
+    def ack(self, ids: Iterable[int]) -> None:
+        """Delete rows the receiver accepted."""
+        self._many("DELETE FROM spool WHERE id = ?", ids)
+
+    def _many(self, sql: str, ids: Iterable[int]) -> None:
+        params = [(int(i),) for i in ids]
+        if not params:
+            return
+        with self._lock:
+            db = self._db()
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.executemany(sql, params)
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+
+    def quarantine(self, row_id: int, reason: str) -> None:
+        """Move one row aside with the reason, so it never blocks the queue."""
+        with self._lock:
+            db = self._db()
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.execute(
+                    "INSERT OR REPLACE INTO spool_quarantine"
+                    " (id, record, reason, created_at, quarantined_at)"
+                    " SELECT id, record, ?, created_at, ? FROM spool WHERE id = ?",
+                    (reason, time.time(), int(row_id)),
+                )
+                db.execute("DELETE FROM spool WHERE id = ?", (int(row_id),))
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+
+    def pending_count(self) -> int:
+        """Rows not yet acked or quarantined, leased or not."""
+        with self._lock:
+            (count,) = self._db().execute("SELECT COUNT(*) FROM spool").fetchone()
+        return int(count)
+
+    def quarantined(self) -> list[tuple[int, str, str]]:
+        """Quarantined rows as (id, record text, reason), oldest first."""
+        with self._lock:
+            rows = (
+                self._db()
+                .execute("SELECT id, record, reason FROM spool_quarantine ORDER BY id")
+                .fetchall()
+            )
+        return [(int(i), str(r), str(why)) for i, r, why in rows]
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None and self._pid == os.getpid():
+                self._conn.close()
+            self._conn = None

@@ -1,0 +1,137 @@
+"""The status store: one object that owns an engine and every read and write."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, insert
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from airflow_bkci.exceptions import StoreUnavailable
+from airflow_bkci.model.event import StatusEvent, utcnow
+from airflow_bkci.model.fsm import NodeState
+from airflow_bkci.model.status import BuildStatus
+from airflow_bkci.store import migrate, queries
+from airflow_bkci.store.apply import apply_events
+from airflow_bkci.store.engine import WRITE_OPTION, create_store_engine
+from airflow_bkci.store.results import ApplyResult, Transition
+from airflow_bkci.store.tables import QuarantineRow
+
+log = logging.getLogger(__name__)
+
+# PostgreSQL deadlock and serialisation failure: the whole batch can run again.
+_RETRY_SQLSTATES = frozenset({"40P01", "40001"})
+_ATTEMPTS = 3
+
+
+class Store:
+    """Builds, their nodes and history, kept in SQLite or PostgreSQL."""
+
+    def __init__(self, url: str) -> None:
+        self.engine = create_store_engine(url)
+
+    @classmethod
+    def from_conf(cls) -> Store:
+        from airflow_bkci import conf
+
+        return cls(conf.store_url())
+
+    def __repr__(self) -> str:
+        return f"Store({self.engine.url.render_as_string(hide_password=True)!r})"
+
+    def migrate(self) -> None:
+        """Create or upgrade the tables; safe from several processes at once."""
+        with self._errors("migrate"):
+            migrate.upgrade(self.engine)
+
+    def apply(self, events: Sequence[StatusEvent]) -> ApplyResult:
+        """Apply a batch in one transaction; bad events land in ``rejected``."""
+        for attempt in range(1, _ATTEMPTS + 1):
+            try:
+                with self._write() as conn:
+                    return apply_events(conn, events, utcnow())
+            except StoreUnavailable as exc:
+                if attempt == _ATTEMPTS or not _retryable(exc.__cause__):
+                    raise
+                log.warning(
+                    "bkci store: batch of %d events hit %s; retrying (attempt %d of %d)",
+                    len(events),
+                    exc.__cause__,
+                    attempt + 1,
+                    _ATTEMPTS,
+                )
+                time.sleep(0.05 * attempt)
+        raise AssertionError("unreachable")
+
+    def quarantine(self, payload: str, reason: str, source: str) -> None:
+        """Keep a record that could not be read as events, for a human to look at."""
+        row = {"received_at": utcnow(), "source": source, "reason": reason, "payload": payload}
+        with self._write() as conn:
+            conn.execute(insert(QuarantineRow), row)
+        log.warning("bkci store: quarantined a record from %s: %s", source, reason)
+
+    def build_tree(self, build_id: str) -> dict[str, Any] | None:
+        with self._read() as conn:
+            return queries.build_tree(conn, build_id)
+
+    def find_build(self, dag_id: str, run_id: str) -> dict[str, Any] | None:
+        with self._read() as conn:
+            return queries.find_build(conn, dag_id, run_id)
+
+    def builds(
+        self,
+        dag_id: str | None = None,
+        *,
+        status: Sequence[BuildStatus] | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> list[dict[str, Any]]:
+        with self._read() as conn:
+            return queries.builds(
+                conn, dag_id, status=status, since=since, until=until, limit=limit, offset=offset
+            )
+
+    def history(self, build_id: str, node_id: str = "") -> list[Transition]:
+        with self._read() as conn:
+            return queries.history(conn, build_id, node_id)
+
+    def node_states(self, build_id: str) -> dict[str, NodeState]:
+        with self._read() as conn:
+            return queries.node_states(conn, build_id)
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        with self._errors("write"), self.engine.connect() as conn:
+            conn.execution_options(**{WRITE_OPTION: True})
+            with conn.begin():
+                yield conn
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        with self._errors("read"), self.engine.connect() as conn, conn.begin():
+            yield conn
+
+    @contextmanager
+    def _errors(self, what: str) -> Iterator[None]:
+        try:
+            yield
+        except OperationalError as exc:
+            raise StoreUnavailable(
+                f"bkci status store {self!r} failed to {what}: {exc.orig}. "
+                "Check that the database is up, [bkci] store_url is right and the "
+                "tables exist (Store.migrate()); then retry."
+            ) from exc
+
+
+def _retryable(exc: BaseException | None) -> bool:
+    return isinstance(exc, DBAPIError) and getattr(exc.orig, "sqlstate", None) in _RETRY_SQLSTATES

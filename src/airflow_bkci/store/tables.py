@@ -1,0 +1,180 @@
+"""The status store's tables, on their own MetaData so Airflow's never sees them."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+VERSION_TABLE = "bkci_alembic_version"
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes in, aware UTC datetimes out, on every database.
+
+    SQLite has no time zone type: it stores the naive UTC value and we put
+    UTC back on the way out, so callers never see a naive datetime.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"{value!r} has no time zone; the store only takes aware datetimes")
+        value = value.astimezone(timezone.utc)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc)
+
+
+JSONDoc = JSON().with_variant(JSONB(), "postgresql")
+# SQLite only autoincrements an INTEGER PRIMARY KEY, PostgreSQL wants 64 bits.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class PipelineRow(Base):
+    """One row per DAG: the lock and counter for its build numbers."""
+
+    __tablename__ = "bkci_pipeline"
+
+    dag_id: Mapped[str] = mapped_column(String(250), primary_key=True)
+    last_build_num: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class BuildRow(Base):
+    """One row per DAG run: the lock for its nodes, its document and summary."""
+
+    __tablename__ = "bkci_build"
+    __table_args__ = (
+        UniqueConstraint("dag_id", "run_id"),
+        UniqueConstraint("dag_id", "build_num"),
+        Index(None, "dag_id", "run_after"),
+        Index(None, "run_after"),
+        Index(None, "updated_at"),
+    )
+
+    build_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    dag_id: Mapped[str] = mapped_column(String(250), ForeignKey("bkci_pipeline.dag_id"))
+    run_id: Mapped[str] = mapped_column(String(250))
+    build_num: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(20))
+    # Falls back to the time the store first saw the build, so every build sorts.
+    run_after: Mapped[datetime] = mapped_column(UTCDateTime)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    document: Mapped[dict[str, Any]] = mapped_column(JSONDoc)
+
+
+class NodeRow(Base):
+    """Current state of one node; ``node_id`` "" is the build itself."""
+
+    __tablename__ = "bkci_node"
+
+    build_id: Mapped[str] = mapped_column(
+        String(64), ForeignKey("bkci_build.build_id", ondelete="CASCADE"), primary_key=True
+    )
+    node_id: Mapped[str] = mapped_column(String(300), primary_key=True)
+    task_id: Mapped[str | None] = mapped_column(String(250))
+    map_index: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(20))
+    detail: Mapped[str | None] = mapped_column(String(100))
+    airflow_state: Mapped[str | None] = mapped_column(String(50))
+    clear_number: Mapped[int] = mapped_column(Integer)
+    try_number: Mapped[int] = mapped_column(Integer)
+    removed: Mapped[bool] = mapped_column(Boolean)
+    state: Mapped[dict[str, Any]] = mapped_column(JSONDoc)  # NodeState.to_json()
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class TransitionRow(Base):
+    """History: one row per status a node entered, at the time it entered it."""
+
+    __tablename__ = "bkci_transition"
+    __table_args__ = (
+        # detail is "" rather than NULL: NULLs never collide in a unique key,
+        # and this key is what keeps duplicates from several sources out.
+        UniqueConstraint(
+            "build_id",
+            "node_id",
+            "clear_number",
+            "try_number",
+            "to_status",
+            "detail",
+            name="uq_bkci_transition_event",  # the generated name passes PG's 63 chars
+        ),
+        Index(None, "build_id", "node_id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    build_id: Mapped[str] = mapped_column(
+        String(64), ForeignKey("bkci_build.build_id", ondelete="CASCADE")
+    )
+    node_id: Mapped[str] = mapped_column(String(300))
+    to_status: Mapped[str] = mapped_column(String(20))
+    detail: Mapped[str] = mapped_column(String(100))
+    airflow_state: Mapped[str | None] = mapped_column(String(50))
+    clear_number: Mapped[int] = mapped_column(Integer)
+    try_number: Mapped[int] = mapped_column(Integer)
+    rank: Mapped[int] = mapped_column(Integer)
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    recorded_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    source: Mapped[str] = mapped_column(String(100))
+    seq: Mapped[int] = mapped_column(BigInteger)
+    decision: Mapped[str] = mapped_column(String(20))
+    stale: Mapped[bool] = mapped_column(Boolean)
+
+
+class QuarantineRow(Base):
+    """Records that could not be read as events, kept for a human to look at."""
+
+    __tablename__ = "bkci_quarantine"
+    __table_args__ = (Index(None, "received_at"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    source: Mapped[str] = mapped_column(String(100))
+    reason: Mapped[str] = mapped_column(Text)
+    payload: Mapped[str] = mapped_column(Text)
+
+
+metadata = Base.metadata

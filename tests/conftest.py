@@ -1,0 +1,25 @@
+"""Shared test configuration: Hypothesis profiles for CI and local runs."""
+
+from __future__ import annotations
+
+import os
+
+from hypothesis import HealthCheck, settings
+
+# CI runs are reproducible (derandomize) and never flaky on a slow runner
+# (no deadline); a failure prints the blob that replays it with @reproduce_failure.
+settings.register_profile(
+    "ci",
+    derandomize=True,
+    deadline=None,
+    max_examples=200,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile("dev", max_examples=50, deadline=None, print_blob=True)
+settings.load_profile(
+    os.environ.get(
+        "HYPOTHESIS_PROFILE",
+        "ci" if os.environ.get("CI", "").lower() in ("true", "1") else "dev",
+    )
+)

@@ -1,0 +1,83 @@
+"""Store fixtures, one store per test over SQLite and PostgreSQL.
+
+Event builders live in builders.py (imported as tests.unit.store.builders):
+a module named conftest cannot be imported from tests reliably.
+"""
+
+from __future__ import annotations
+
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from airflow_bkci.store import Store
+
+try:
+    from tests.services import require_postgres
+except ModuleNotFoundError:  # pytest started without the repo root on sys.path
+    sys.path.insert(0, str(Path(__file__).parents[3]))
+    from tests.services import require_postgres
+
+STORE_TABLES = "bkci_transition, bkci_node, bkci_build, bkci_pipeline, bkci_quarantine"
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[Any]:
+    """Yields a function that creates a fresh database and returns its URL.
+
+    Every database it made is dropped when the session ends.
+    """
+    admin_url = require_postgres()
+    admin = sa.create_engine(
+        admin_url.replace("postgresql://", "postgresql+psycopg://", 1),
+        isolation_level="AUTOCOMMIT",
+    )
+    made: list[str] = []
+
+    def create() -> str:
+        name = f"bkci_test_{uuid.uuid4().hex[:12]}"
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+        made.append(name)
+        return admin.url.set(database=name).render_as_string(hide_password=False)
+
+    yield create
+    with admin.connect() as conn:
+        for name in made:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def pg_url(pg_server: Any) -> str:
+    """One migrated database for the session; tests empty its tables."""
+    url: str = pg_server()
+    store = Store(url)
+    store.migrate()
+    store.dispose()
+    return url
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'status.db'}"
+    url: str = request.getfixturevalue("pg_url")
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(f"TRUNCATE {STORE_TABLES} RESTART IDENTITY CASCADE")
+    engine.dispose()
+    return url
+
+
+@pytest.fixture
+def store(store_url: str) -> Iterator[Store]:
+    store = Store(store_url)
+    store.migrate()
+    yield store
+    store.dispose()
