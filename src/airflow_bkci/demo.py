@@ -23,9 +23,16 @@ __all__ = ["run_demo"]
 
 UNGROUPED = "__ungrouped__"
 COLORS = {
-    "QUEUE": "grey50", "PREPARE_ENV": "cyan", "RUNNING": "bold blue", "REVIEWING": "magenta",
-    "RETRY": "yellow", "SUCCEED": "green", "FAILED": "bold red", "CANCELED": "red",
-    "SKIP": "grey62", "UNEXEC": "dark_orange",
+    "QUEUE": "grey50",
+    "PREPARE_ENV": "cyan",
+    "RUNNING": "bold blue",
+    "REVIEWING": "magenta",
+    "RETRY": "yellow",
+    "SUCCEED": "green",
+    "FAILED": "bold red",
+    "CANCELED": "red",
+    "SKIP": "grey62",
+    "UNEXEC": "dark_orange",
 }
 RUN_TIMEOUT = 300.0
 
@@ -60,8 +67,12 @@ def run_demo(home: Path | None, keep: bool = False) -> int:
     console = Console()
     own_home = home is None
     home = home or Path(".demo") / datetime.now().strftime("%Y%m%d-%H%M%S")
-    stack = AirflowStack(home=home, dags_folder=FOLDER, keep=keep,
-                         progress=lambda msg: console.print(f"[cyan]•[/] {msg}"))
+    stack = AirflowStack(
+        home=home,
+        dags_folder=FOLDER,
+        keep=keep,
+        progress=lambda msg: console.print(f"[cyan]•[/] {msg}"),
+    )
     try:
         builds = _run(stack, console)
     except StackError as exc:
@@ -74,8 +85,11 @@ def run_demo(home: Path | None, keep: bool = False) -> int:
         _cleanup(stack, home, own_home, keep, console)
     console.print(summary_table(builds))
     ok = all(b.airflow_state == b.expected for b in builds)
-    console.print("[green]every build ended as intended[/]" if ok
-                  else "[bold red]some builds did not end as intended[/]")
+    console.print(
+        "[green]every build ended as intended[/]"
+        if ok
+        else "[bold red]some builds did not end as intended[/]"
+    )
     return 0 if ok else 1
 
 
@@ -90,8 +104,10 @@ def _cleanup(stack: AirflowStack, home: Path, own_home: bool, keep: bool, consol
 def _run(stack: AirflowStack, console: Console) -> list[Build]:
     t0 = time.monotonic()
     stack.start(expect_dags=set(SHOWCASE))
-    console.print(f"[cyan]•[/] Airflow ready in {time.monotonic() - t0:.1f} s at {stack.api_url}"
-                  f" (AIRFLOW_HOME {stack.home})")
+    console.print(
+        f"[cyan]•[/] Airflow ready in {time.monotonic() - t0:.1f} s at {stack.api_url}"
+        f" (AIRFLOW_HOME {stack.home})"
+    )
     builds = [Build(dag_id, stack.trigger(dag_id)) for dag_id in SHOWCASE]
     watcher = Watcher(stack)
     with Live(watcher.render(builds), console=console, refresh_per_second=2) as live:
@@ -124,9 +140,12 @@ class Watcher:
 
     def refresh(self, builds: list[Build]) -> None:
         self.stack.check_alive()
-        runs = {r["dag_run_id"]: r for r in self.stack.api(
-            "GET", "/dags/~/dagRuns", params={"limit": 100, "order_by": "-run_after"}
-        )["dag_runs"]}
+        runs = {
+            r["dag_run_id"]: r
+            for r in self.stack.api(
+                "GET", "/dags/~/dagRuns", params={"limit": 100, "order_by": "-run_after"}
+            )["dag_runs"]
+        }
         tis = self.stack.task_instances("~", "~")
         for build in builds:
             self._update(build, runs.get(build.run_id), tis)
@@ -154,9 +173,13 @@ class Watcher:
 
     def render(self, builds: list[Build]) -> Table:
         sources = {b.source for b in builds}
-        note = ("status store" if sources == {"store"}
-                else "Airflow REST (status store not filled yet)" if sources == {"rest"}
-                else "status store, Airflow REST where it has no build yet")
+        note = (
+            "status store"
+            if sources == {"store"}
+            else "Airflow REST (status store not filled yet)"
+            if sources == {"rest"}
+            else "status store, Airflow REST where it has no build yet"
+        )
         table = progress_table(builds)
         table.caption = f"source: {note}"
         return table
@@ -177,7 +200,8 @@ def rest_document(build: Build, tis: list[dict[str, Any]]) -> dict[str, Any]:
         # REST lists tasks by id; the earliest start puts stages in the order they ran.
         stage["first"] = min(stage["first"], ti.get("start_date") or "~")
         stage["tasks"][node_id] = {
-            "status": status.value, "try_number": ti["try_number"],
+            "status": status.value,
+            "try_number": ti["try_number"],
             "duration_ms": int((ti.get("duration") or 0) * 1000) or None,
         }
     for order, stage in enumerate(sorted(stages.values(), key=lambda s: (s["first"], s["id"]))):
@@ -196,8 +220,12 @@ def task_counts(doc: dict[str, Any]) -> dict[str, int]:
         "ok": statuses.count("SUCCEED"),
         "failed": statuses.count("FAILED") + statuses.count("UNEXEC"),
         "skipped": statuses.count("SKIP"),
-        "retried": sum(1 for s in doc.get("stages", {}).values()
-                       for t in s["tasks"].values() if (t.get("try_number") or 0) > 1),
+        "retried": sum(
+            1
+            for s in doc.get("stages", {}).values()
+            for t in s["tasks"].values()
+            if (t.get("try_number") or 0) > 1
+        ),
     }
 
 
@@ -211,8 +239,11 @@ def stage_strip(doc: dict[str, Any]) -> Text:
     ordered = sorted(doc.get("stages", {}).items(), key=lambda kv: (kv[1].get("order", 99), kv[0]))
     for stage_id, stage in ordered:
         tasks = stage["tasks"].values()
-        done = sum(1 for t in tasks if t["status"] not in ("QUEUE", "PREPARE_ENV", "RUNNING",
-                                                           "RETRY", "REVIEWING"))
+        done = sum(
+            1
+            for t in tasks
+            if t["status"] not in ("QUEUE", "PREPARE_ENV", "RUNNING", "RETRY", "REVIEWING")
+        )
         name = "·" if stage_id == UNGROUPED else stage_id
         line.append(f"{name} {done}/{len(tasks)}", style=COLORS.get(stage["status"], ""))
         line.append("  ")
@@ -229,7 +260,9 @@ def progress_table(builds: list[Build]) -> Table:
     for b in builds:
         counts = task_counts(b.doc)
         table.add_row(
-            b.dag_id, styled(b.doc.get("status", "QUEUE")), stage_strip(b.doc),
+            b.dag_id,
+            styled(b.doc.get("status", "QUEUE")),
+            stage_strip(b.doc),
             f"{counts['ok']}/{counts['failed']}/{counts['skipped']} of {counts['total']}",
             f"{b.elapsed:5.1f} s",
         )
@@ -245,9 +278,13 @@ def summary_table(builds: list[Build]) -> Table:
         counts = task_counts(b.doc)
         mark = "" if b.airflow_state == b.expected else f" (expected {b.expected})"
         table.add_row(
-            b.dag_id, styled(b.doc.get("status", "?")),
+            b.dag_id,
+            styled(b.doc.get("status", "?")),
             Text(b.airflow_state + mark, style="green" if not mark else "bold red"),
-            f"{b.elapsed:.1f} s", str(counts["ok"]), str(counts["failed"]),
-            str(counts["skipped"]), str(counts["retried"]),
+            f"{b.elapsed:.1f} s",
+            str(counts["ok"]),
+            str(counts["failed"]),
+            str(counts["skipped"]),
+            str(counts["retried"]),
         )
     return table

@@ -1,4 +1,4 @@
-"""Launch a real local Airflow (scheduler, dag-processor, triggerer, api-server) for demos and tests."""
+"""Launch a real local Airflow (scheduler, dag-processor, triggerer, api-server) for tests."""
 
 from __future__ import annotations
 
@@ -37,6 +37,8 @@ JWT_SECRET = "bkci-devstack-jwt-secret-not-for-production-" + "0123456789abcdef"
 # Fixed so every process of a stack (and a kept home reopened later) decrypts the same secrets.
 FERNET_KEY = base64.urlsafe_b64encode(b"bkci-devstack-fernet-key-32bytes").decode()
 TERM_TIMEOUT = 15.0
+HTTP_TIMEOUT = 30.0
+HTTP_ATTEMPTS = 3
 
 Progress = Callable[[str], None]
 
@@ -95,8 +97,12 @@ def base_env(home: Path) -> dict[str, str]:
 def _run_airflow(args: list[str], env: Mapping[str, str], log_path: Path) -> None:
     with log_path.open("ab") as out:
         proc = subprocess.run(
-            [airflow_bin(), *args], env=dict(env), stdout=out, stderr=subprocess.STDOUT,
-            check=False, cwd=env["AIRFLOW_HOME"],
+            [airflow_bin(), *args],
+            env=dict(env),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            check=False,
+            cwd=env["AIRFLOW_HOME"],
         )
     if proc.returncode != 0:
         raise StackError(f"`airflow {' '.join(args)}` exited {proc.returncode}", tail(log_path))
@@ -143,7 +149,9 @@ def _pg_admin(admin_url: str) -> Any:
 
 
 def _pg_exists(conn: Any, name: str) -> bool:
-    return conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is not None
+    return (
+        conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is not None
+    )
 
 
 def template_name() -> str:
@@ -213,6 +221,7 @@ class AirflowStack:
         home: Path | None = None,
         dags_folder: Path | None = None,
         backend: str = "sqlite",
+        *,
         config: Mapping[tuple[str, str], str] | None = None,
         env: Mapping[str, str] | None = None,
         keep: bool = False,
@@ -241,7 +250,9 @@ class AirflowStack:
         return self
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
         self.stop()
@@ -331,7 +342,11 @@ class AirflowStack:
             args += ["--port", str(self.port), "--host", "127.0.0.1"]
         out = (self.home / "logs" / f"{name}.log").open("ab")
         self._procs[name] = subprocess.Popen(
-            args, env=self.env(), stdout=out, stderr=subprocess.STDOUT, cwd=self.home,
+            args,
+            env=self.env(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=self.home,
             start_new_session=True,
         )
         out.close()
@@ -355,8 +370,10 @@ class AirflowStack:
                 if self._http.get(f"{self.api_url}/api/v2/monitor/health", timeout=2).ok:
                     return
             time.sleep(0.5)
-        raise StackError(f"API server did not answer on {self.api_url} in time",
-                         tail(self.log_path("api-server")))
+        raise StackError(
+            f"API server did not answer on {self.api_url} in time",
+            tail(self.log_path("api-server")),
+        )
 
     def stop(self) -> None:
         """Stop every process this stack started (SIGTERM, then SIGKILL), and its database."""
@@ -381,17 +398,36 @@ class AirflowStack:
     def token(self) -> str:
         """A Bearer JWT for the REST API (an admin: the stack runs with all-admins)."""
         if not self._token:
-            resp = self._http.post(f"{self.api_url}/auth/token",
-                                   json={"username": "admin", "password": "admin"}, timeout=10)
+            resp = self._http.post(
+                f"{self.api_url}/auth/token",
+                json={"username": "admin", "password": "admin"},
+                timeout=HTTP_TIMEOUT,
+            )
             resp.raise_for_status()
             self._token = str(resp.json()["access_token"])
         return self._token
 
     def api(self, method: str, path: str, **kwargs: Any) -> Any:
-        """Call ``/api/v2{path}`` with a token; return the decoded JSON (None if empty)."""
-        headers = {"Authorization": f"Bearer {self.token()}"}
-        resp = self._http.request(method, f"{self.api_url}/api/v2{path}", headers=headers,
-                                  timeout=kwargs.pop("timeout", 15), **kwargs)
+        """Call ``/api/v2{path}`` with a token; return the decoded JSON (None if empty).
+
+        GETs are retried: on 2 busy cores the API server sometimes stalls for many seconds.
+        """
+        attempts = HTTP_ATTEMPTS if method == "GET" else 1
+        for attempt in range(1, attempts + 1):
+            try:
+                resp = self._http.request(
+                    method,
+                    f"{self.api_url}/api/v2{path}",
+                    timeout=HTTP_TIMEOUT,
+                    headers={"Authorization": f"Bearer {self.token()}"},
+                    **kwargs,
+                )
+                break
+            except (requests.ConnectionError, requests.Timeout):
+                if attempt == attempts:
+                    raise
+                self.check_alive()
+                log.warning("GET %s timed out (attempt %d of %d)", path, attempt, attempts)
         if not resp.ok:
             raise StackError(f"{method} /api/v2{path} answered {resp.status_code}: {resp.text}")
         return resp.json() if resp.content else None
@@ -417,8 +453,10 @@ class AirflowStack:
                 raise StackError(f"DAG import errors in {self.dags_folder}", text)
             if time.monotonic() > deadline:
                 missing = sorted((expect or {"<any DAG>"}) - found)
-                raise StackError(f"DAGs not parsed in {timeout:.0f} s: {missing}",
-                                 tail(self.log_path("dag-processor")))
+                raise StackError(
+                    f"DAGs not parsed in {timeout:.0f} s: {missing}",
+                    tail(self.log_path("dag-processor")),
+                )
             time.sleep(1.0)
 
     def unpause(self, dag_id: str) -> None:
@@ -438,8 +476,10 @@ class AirflowStack:
         while (state := self.run_state(dag_id, run_id)) not in FINAL_RUN_STATES:
             self.check_alive()
             if time.monotonic() > deadline:
-                raise StackError(f"{dag_id}/{run_id} still {state} after {timeout:.0f} s",
-                                 tail(self.log_path("scheduler")))
+                raise StackError(
+                    f"{dag_id}/{run_id} still {state} after {timeout:.0f} s",
+                    tail(self.log_path("scheduler")),
+                )
             time.sleep(0.5)
         return state
 
@@ -452,8 +492,11 @@ class AirflowStack:
         """Every task instance of the run (mapped ones included), across pages."""
         items: list[dict[str, Any]] = []
         while True:
-            page = self.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances",
-                            params={"limit": 100, "offset": len(items)})
+            page = self.api(
+                "GET",
+                f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances",
+                params={"limit": 100, "offset": len(items)},
+            )
             items += page["task_instances"]
             if len(items) >= page["total_entries"] or not page["task_instances"]:
                 return items

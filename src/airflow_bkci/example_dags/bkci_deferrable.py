@@ -15,10 +15,11 @@ def done() -> None:
 
 
 with DAG("bkci_deferrable", schedule=None, catchup=False, tags=["bkci-example"]):
-    # Always defers (the moment is rendered at run time), then resumes on a worker.
+    # Always defers, and waits for real: the moment is rendered from this try's own start.
+    # Then it resumes on a worker (execute_complete).
     resume_on_worker = DateTimeSensorAsync(
         task_id="wait_resume_on_worker",
-        target_time="{{ (dag_run.start_date + macros.timedelta(seconds=3)).isoformat() }}",
+        target_time="{{ (ti.start_date + macros.timedelta(seconds=3)).isoformat() }}",
     )
     # end_from_trigger: the triggerer itself marks this task success, no worker runs it again.
     end_in_triggerer = WaitSensor(

@@ -21,4 +21,4 @@ def publish(sizes: list[int]) -> int:
 
 
 with DAG("bkci_mapped", schedule=None, catchup=False, tags=["bkci-example"]):
-    publish(package.expand(target=targets()))
+    publish(package.expand(target=targets()))  # type: ignore[arg-type]

@@ -35,6 +35,22 @@ def default_source(role: str) -> str:
     return f"{role}@{socket.gethostname()}:{os.getpid()}"
 
 
+NEVER_RAN = frozenset({"upstream_failed", "skipped", "removed"})
+
+
+def effective_try(row: TaskRow) -> int:
+    """The try a row's state belongs to.
+
+    Airflow raises try_number only when it schedules a task, so a task waiting
+    with no state waits for try_number + 1, and so does a cleared task that
+    ends without running (its old try is in task_instance_history already).
+    A task that never ran in a fresh run has try_number 0: that is try 1.
+    """
+    if row.state is None or (row.state in NEVER_RAN and row.try_closed):
+        return row.try_number + 1
+    return max(row.try_number, 1)
+
+
 @dataclass(slots=True)
 class _Seen:
     signature: tuple[Any, ...]
@@ -111,9 +127,7 @@ class Observer:
         if seen is not None and seen.signature == signature:
             return []
         mapped = map_task_state(row.state, resuming=row.resuming)
-        # A task waiting with no state waits for its next try: Airflow raises
-        # try_number when it schedules the task (not for reschedules).
-        try_number = row.try_number + 1 if row.state is None else row.try_number
+        try_number = effective_try(row)
         events: list[StatusEvent] = []
         if history is not None and try_number > 1:
             events.extend(self._earlier_tries(row, try_number, clear_number, place, seen, history))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from dataclasses import replace
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -19,7 +20,7 @@ from typing import Any
 from sqlalchemy import Engine, and_, create_engine, or_, select
 from sqlalchemy.orm import Session
 
-from airflow_bkci.listeners.observer import Observer, observe_all
+from airflow_bkci.listeners.observer import NEVER_RAN, Observer, observe_all
 from airflow_bkci.listeners.rows import RunRow, TaskRow
 from airflow_bkci.listeners.sink import EventSink
 from airflow_bkci.model.event import utcnow
@@ -88,11 +89,27 @@ class AirflowReader:
                     if waiting:
                         rescheduled = set(session.scalars(
                             select(TaskReschedule.ti_id).where(TaskReschedule.ti_id.in_(waiting))))
+                    closed = self._closed_tries(session, dag_id, found)
                     for r in found:
                         resuming = _str(r[4]) in ("scheduled", "queued") and (
                             r[-2] is not None or r[-1] in rescheduled)
-                        rows.append(_task_row(r, resuming))
+                        row = _task_row(r, resuming)
+                        if (row.run_id, row.task_id, row.map_index, row.try_number) in closed:
+                            row = replace(row, try_closed=True)
+                        rows.append(row)
         return rows
+
+    @staticmethod
+    def _closed_tries(session: Session, dag_id: str, found: list[Any]) -> set[tuple[Any, ...]]:
+        """(run, task, map_index, try) of never-ran rows whose try is already history."""
+        from airflow.models.taskinstancehistory import TaskInstanceHistory as TIH
+
+        runs = {r[1] for r in found if (r[4] is None or _str(r[4]) in NEVER_RAN) and r[5]}
+        if not runs:
+            return set()
+        stmt = select(TIH.run_id, TIH.task_id, TIH.map_index, TIH.try_number).where(
+            TIH.dag_id == dag_id, TIH.run_id.in_(sorted(runs)))
+        return {tuple(r) for r in session.execute(stmt)}
 
     def history(self, row: TaskRow, below: int) -> list[TaskRow]:
         from airflow.models.taskinstancehistory import TaskInstanceHistory as TIH

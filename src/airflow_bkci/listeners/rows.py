@@ -44,6 +44,7 @@ class TaskRow:
     executor: str | None = None
     label: str | None = None
     resuming: bool = False  # ran already in this try: deferral or reschedule
+    try_closed: bool = False  # task_instance_history holds this try: cleared since
 
     @property
     def ti_key(self) -> tuple[str, str, str, int]:

@@ -24,7 +24,7 @@ from airflow_bkci.listeners.observer import Observer, default_source
 from airflow_bkci.listeners.reconciler import AirflowReader, Reconciler
 from airflow_bkci.listeners.rows import RunRow, TaskRow
 from airflow_bkci.listeners.sink import EventSink
-from airflow_bkci.model.event import StatusEvent
+from airflow_bkci.model.event import AUTHORITATIVE_SOURCE, StatusEvent
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +135,7 @@ class ServerCollector:
             self.reconciler = Reconciler(
                 AirflowReader.from_airflow(), self.sink,
                 interval=conf.reconcile_interval(), window=conf.recent_window(),
-                source=default_source("scheduler"), unfinished=_unfinished_builds,
+                source=default_source(AUTHORITATIVE_SOURCE.rstrip("@")), unfinished=_unfinished_builds,
             )
             self.reconciler.start()
             log.info("bkci: reconciler started (every %.1fs)", self.reconciler.interval)

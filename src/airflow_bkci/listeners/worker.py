@@ -90,11 +90,108 @@ def task_record(ti: Any, state: str, error: object = None) -> dict[str, Any]:
     }
 
 
+class _Runtime:
+    """What one process keeps: its spool, forwarder, source name and counter.
+
+    Airflow may load a plugin twice in one process (the core and the Task SDK
+    plugin managers each import a plugins-folder module) or register one
+    listener with two managers; every such listener shares one runtime, so a
+    process stays one source with one counter, and a hook that fires twice
+    for the same task state is spooled once.
+    """
+
+    def __init__(
+        self,
+        spool_factory: Callable[[], Spool],
+        forwarder_factory: Callable[[], Forwarder],
+        flush_timeout: Callable[[], float],
+        enabled: Callable[[], bool],
+    ) -> None:
+        self.spool_factory = spool_factory
+        self.forwarder_factory = forwarder_factory
+        self.flush_timeout = flush_timeout
+        self.enabled_check = enabled
+        self.enabled: bool | None = None
+        self.lock = threading.Lock()
+        self.spool: Spool | None = None
+        self.forwarder: Forwarder | None = None
+        self.pid = 0
+        self.source = ""
+        self.seq = 0
+        self.last_at: datetime | None = None
+        self.seen: set[tuple[Any, ...]] = set()
+        self.unflushed = False
+
+    def record(self, ti: Any, state: str, error: object) -> None:
+        if self.enabled is None:
+            self.enabled = bool(self.enabled_check())
+        if not self.enabled:
+            log.debug("BK-CI worker records skipped: [bkci] enabled is False")
+            return
+        record = task_record(ti, state, error)
+        identity = tuple(record[k] for k in ("dag_id", "run_id", "task_id", "map_index"))
+        identity += (record["try_number"], state)
+        with self.lock:
+            spool = self._ensure_started()
+            if identity in self.seen:
+                return  # the same hook again, from a second registration
+            self.seen.add(identity)
+            record.update(self._stamp())
+            spool.append(record)
+            self.unflushed = True
+        if self.forwarder is not None:
+            self.forwarder.notify()
+
+    def flush(self) -> None:
+        with self.lock:
+            forwarder = self.forwarder
+            if forwarder is None or self.pid != os.getpid() or not self.unflushed:
+                return
+            self.unflushed = False
+        timeout = self.flush_timeout()
+        if not forwarder.flush(timeout):
+            log.warning(
+                "BK-CI records could not all be sent before the task runner exits "
+                "(waited at most %.1fs, [bkci] forward_timeout); they stay in %s for the "
+                "next forwarder or `airflow-bkci relay`",
+                timeout,
+                forwarder.spool.path,
+            )
+
+    def _ensure_started(self) -> Spool:
+        pid = os.getpid()
+        if self.spool is None or self.pid != pid:
+            # First hook in this process (or a forked child): own spool, counter, thread.
+            self.spool, self.forwarder, self.seen = None, None, set()
+            spool = self.spool_factory()
+            self.source = f"worker@{socket.gethostname()}:{pid}"
+            self.seq, self.last_at, self.pid = 0, None, pid
+            self.spool = spool
+        if self.forwarder is None:
+            try:
+                self.forwarder = self.forwarder_factory()
+                self.forwarder.start()
+            except Exception:
+                self.forwarder = None
+                log.warning("BK-CI forwarder not started; records stay spooled", exc_info=True)
+        return self.spool
+
+    def _stamp(self) -> dict[str, Any]:
+        now = datetime.now(timezone.utc)
+        if self.last_at is not None and now < self.last_at:
+            now = self.last_at  # keep `at` non-decreasing per source
+        self.last_at = now
+        self.seq += 1
+        return {"source": self.source, "seq": self.seq, "at": now.isoformat()}
+
+
 class WorkerListener:
     """Pluggy listener for the Task SDK's task runner.
 
     Acts only on ``RuntimeTaskInstance`` hooks and on the ``TaskRunnerMarker``
     component, so registering it in other Airflow components is harmless.
+    Without arguments it reads ``[bkci]`` and shares one runtime per process;
+    the arguments (for tests) give it a runtime of its own.
     """
 
     def __init__(
@@ -104,18 +201,24 @@ class WorkerListener:
         flush_timeout: Callable[[], float] | None = None,
         enabled: Callable[[], bool] | None = None,
     ) -> None:
-        self._enabled_check = enabled or _conf_enabled
-        self._enabled: bool | None = None
-        self._spool_factory = spool_factory or _conf_spool
-        self._forwarder_factory = forwarder_factory or _conf_forwarder
-        self._flush_timeout = flush_timeout or _conf_flush_timeout
-        self._lock = threading.Lock()
-        self._spool: Spool | None = None
-        self._forwarder: Forwarder | None = None
-        self._pid = 0
-        self._source = ""
-        self._seq = 0
-        self._last_at: datetime | None = None
+        if spool_factory is None and forwarder_factory is None:
+            self._rt = _process_runtime()
+        else:
+            self._rt = _Runtime(
+                spool_factory or _conf_spool,
+                forwarder_factory or _conf_forwarder,
+                flush_timeout or _conf_flush_timeout,
+                enabled or _conf_enabled,
+            )
+        if flush_timeout is not None:
+            self._rt.flush_timeout = flush_timeout
+        if enabled is not None:
+            self._rt.enabled_check = enabled
+
+    @property
+    def forwarder(self) -> Forwarder | None:
+        """The forwarder of this process, once a hook started it."""
+        return self._rt.forwarder
 
     # -- hooks --------------------------------------------------------------
 
@@ -152,38 +255,15 @@ class WorkerListener:
         if type(component).__name__ != TASK_RUNNER_COMPONENT:
             return
         try:
-            forwarder = self._forwarder
-            if forwarder is None or self._pid != os.getpid():
-                return
-            timeout = self._flush_timeout()
-            if not forwarder.flush(timeout):
-                log.warning(
-                    "BK-CI records not all sent within %.1fs ([bkci] forward_timeout); "
-                    "they stay in %s for the next forwarder or `airflow-bkci relay`",
-                    timeout,
-                    forwarder.spool.path,
-                )
+            self._rt.flush()
         except Exception:
             log.warning("BK-CI worker listener failed at before_stopping", exc_info=True)
-
-    # -- internals ----------------------------------------------------------
 
     def _record(self, ti: Any, state: str, error: object = None) -> None:
         try:
             if type(ti).__name__ != RUNTIME_TI:
                 return  # API server or scheduler: the scheduler-side collector covers those
-            if self._enabled is None:
-                self._enabled = bool(self._enabled_check())
-            if not self._enabled:
-                log.debug("BK-CI worker records skipped: [bkci] enabled is False")
-                return
-            record = task_record(ti, state, error)
-            with self._lock:
-                spool = self._ensure_started()
-                record.update(self._stamp())
-                spool.append(record)
-            if self._forwarder is not None:
-                self._forwarder.notify()
+            self._rt.record(ti, state, error)
         except Exception:
             log.warning(
                 "BK-CI worker listener could not spool %s for %s",
@@ -192,31 +272,19 @@ class WorkerListener:
                 exc_info=True,
             )
 
-    def _ensure_started(self) -> Spool:
-        pid = os.getpid()
-        if self._spool is None or self._pid != pid:
-            # First hook in this process (or a forked child): own spool, counter, thread.
-            self._spool, self._forwarder = None, None
-            spool = self._spool_factory()
-            self._source = f"worker@{socket.gethostname()}:{pid}"
-            self._seq, self._last_at, self._pid = 0, None, pid
-            self._spool = spool
-        if self._forwarder is None:
-            try:
-                self._forwarder = self._forwarder_factory()
-                self._forwarder.start()
-            except Exception:
-                self._forwarder = None
-                log.warning("BK-CI forwarder not started; records stay spooled", exc_info=True)
-        return self._spool
 
-    def _stamp(self) -> dict[str, Any]:
-        now = datetime.now(timezone.utc)
-        if self._last_at is not None and now < self._last_at:
-            now = self._last_at  # keep `at` non-decreasing per source
-        self._last_at = now
-        self._seq += 1
-        return {"source": self._source, "seq": self._seq, "at": now.isoformat()}
+_PROCESS_RUNTIME: _Runtime | None = None
+_PROCESS_LOCK = threading.Lock()
+
+
+def _process_runtime() -> _Runtime:
+    global _PROCESS_RUNTIME  # noqa: PLW0603 - one runtime per process, by design
+    with _PROCESS_LOCK:
+        if _PROCESS_RUNTIME is None:
+            _PROCESS_RUNTIME = _Runtime(
+                _conf_spool, _conf_forwarder, _conf_flush_timeout, _conf_enabled
+            )
+        return _PROCESS_RUNTIME
 
 
 def _conf_spool() -> Spool:

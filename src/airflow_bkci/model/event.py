@@ -10,6 +10,9 @@ from typing import Any
 
 from airflow_bkci.model.status import STATUS_RANK, BuildStatus, Rank
 
+AUTHORITATIVE_SOURCE = "db@"
+"""Prefix of the sources that read Airflow's database: their times are the truth."""
+
 BUILD_NODE = ""
 """The node id of the build itself; task nodes use :meth:`NodeRef.node_id`."""
 

@@ -98,10 +98,11 @@ def progress(statuses: Iterable[BuildStatus]) -> dict[str, int]:
 
 def _task_document(node_id: str, state: NodeState) -> dict[str, Any]:
     values = state.values()
+    task_id, _, index = node_id.partition("[")  # mapped tasks are "task[2]"
     doc: dict[str, Any] = {
         "id": node_id,
-        "task_id": values.get("task_id", node_id.split("[", 1)[0]),
-        "map_index": values.get("map_index", -1),
+        "task_id": values.get("task_id", task_id),
+        "map_index": values.get("map_index", int(index.rstrip("]")) if index else -1),
         "status": state.status.value,
         "detail": state.detail,
         "airflow_state": state.airflow_state,
@@ -110,8 +111,24 @@ def _task_document(node_id: str, state: NodeState) -> dict[str, Any]:
     }
     for name in _TASK_FIELDS:
         doc[name] = values.get(name)
-    doc["duration_ms"] = duration_ms(values.get("started_at"), values.get("ended_at"))
+    # Airflow's own times when the scheduler side has reported them; until
+    # then the task runner's clock is the best estimate there is.
+    doc["started_at"] = doc["started_at"] or values.get("runner_started_at")
+    doc["ended_at"] = doc["ended_at"] or values.get("runner_ended_at")
+    doc["duration_ms"] = duration_ms(doc["started_at"], doc["ended_at"])
     return doc
+
+
+def _live_tasks(tasks: Mapping[str, NodeState]) -> dict[str, NodeState]:
+    """Tasks to show: not removed, and a mapped task only by its expanded instances.
+
+    Airflow turns the placeholder ``t`` (map_index -1) into ``t[0]`` when it
+    expands a mapped task, so the placeholder is never reported as gone.
+    """
+    expanded = {nid.split("[", 1)[0] for nid in tasks if nid.endswith("]")}
+    return {
+        nid: st for nid, st in tasks.items() if not st.removed and nid not in expanded
+    }
 
 
 def build_document(
@@ -126,7 +143,7 @@ def build_document(
     values = build.values()
     stages: dict[str, dict[str, Any]] = {}
     stage_pos: dict[str, float] = {}
-    live = {nid: st for nid, st in tasks.items() if not st.removed}
+    live = _live_tasks(tasks)
     for node_id in sorted(live, key=lambda n: (live[n].values().get("order", 1e9), n)):
         state = live[node_id]
         tv = state.values()

@@ -22,8 +22,8 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from airflow_bkci.exceptions import ConfigError, InvalidEvent, InvalidTransition
 from airflow_bkci.model import fsm
-from airflow_bkci.model.event import BUILD_NODE, EventKey, NodeRef, StatusEvent
-from airflow_bkci.model.fsm import Decision, NodeState
+from airflow_bkci.model.event import AUTHORITATIVE_SOURCE, BUILD_NODE, NodeRef, StatusEvent
+from airflow_bkci.model.fsm import NO_STATUS_KEY, Decision, NodeState
 from airflow_bkci.model.status import BuildStatus
 from airflow_bkci.model.tree import build_document
 from airflow_bkci.store.engine import dumps
@@ -45,8 +45,8 @@ HISTORY_DECISIONS = frozenset(
     }
 )
 
-NOT_STARTED = NodeState(BuildStatus.QUEUE, EventKey(0, 0, 0, 0.0, "", 0))
-"""How a build renders before its own run event arrived (e.g. enrichment first)."""
+NOT_STARTED = NodeState(BuildStatus.QUEUE, NO_STATUS_KEY, detail="pending")
+"""How a build renders before anything about its own node arrived."""
 
 _PLAIN = (str, int, float, bool, type(None))
 _MAX_LEN = {"dag_id": 250, "run_id": 250, "task_id": 250, "source": 100, "detail": 100}
@@ -239,15 +239,19 @@ def _transition(
     detail = event.detail or ""
     if event.removed and not detail:
         detail = "removed"  # else it would collide with the status it had before
+    key = event.key
     return {
         "build_id": build_id,
         "node_id": event.node.node_id,
         "to_status": status.value,
         "detail": detail,
         "airflow_state": event.airflow_state,
-        "clear_number": event.clear_number,
-        "try_number": event.try_number,
-        "rank": event.effective_rank,
+        # The key's clear number (always 0 for tasks, whose tries already
+        # count clears): sources that saw different clear counts for the same
+        # try must collide here, not write the same step twice.
+        "clear_number": key.clear_number,
+        "try_number": key.try_number,
+        "rank": key.rank,
         "at": event.at,
         "recorded_at": now,
         "source": event.source,
@@ -283,7 +287,7 @@ def _node_row(build_id: str, ref: NodeRef, state: NodeState, now: datetime) -> d
         "status": state.status.value,
         "detail": state.detail,
         "airflow_state": state.airflow_state,
-        "clear_number": state.key.clear_number,
+        "clear_number": int(state.values().get("clear_number") or state.key.clear_number),
         "try_number": state.key.try_number,
         "removed": state.removed,
         "state": state.to_json(),
@@ -291,9 +295,23 @@ def _node_row(build_id: str, ref: NodeRef, state: NodeState, now: datetime) -> d
     }
 
 
+_HISTORY_KEY = ("build_id", "node_id", "clear_number", "try_number", "to_status", "detail")
+
+
 def _write_transitions(conn: Connection, rows: list[dict[str, Any]]) -> None:
-    if rows:
-        conn.execute(_insert(conn, T).on_conflict_do_nothing(), rows)
+    if not rows:
+        return
+    stmt = _insert(conn, T)
+    # The first report of a step keeps its row, except that a report read from
+    # Airflow's database replaces one from another source: Airflow's times are
+    # the truth, a worker's or a hook's clock only an early estimate.
+    stmt = stmt.on_conflict_do_update(
+        index_elements=list(_HISTORY_KEY),
+        set_={name: stmt.excluded[name] for name in ("at", "source", "seq")},
+        where=stmt.excluded.source.startswith(AUTHORITATIVE_SOURCE)
+        & ~T.source.startswith(AUTHORITATIVE_SOURCE),
+    )
+    conn.execute(stmt, rows)
 
 
 def _write_builds(conn: Connection, builds: list[_Build], now: datetime) -> None:

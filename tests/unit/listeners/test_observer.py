@@ -127,3 +127,23 @@ def test_cleared_task_waits_for_a_new_try_and_reopens():
     ):
         state2, _ = apply(state2, e)
     assert state2.status is BuildStatus.QUEUE and state2.key.try_number == 2
+
+
+def test_task_that_never_ran_ends_unexec_after_pending():
+    observer = Observer("s")
+    events = observer.observe_task(TASK, 0, None)
+    events += observer.observe_task(replace(TASK, state="upstream_failed"), 0, None)
+    state = fold(events)
+    assert state.status is BuildStatus.UNEXEC and state.key.try_number == 1
+
+
+def test_cleared_task_that_ends_without_running_takes_the_new_try():
+    observer = Observer("s")
+    done = replace(TASK, state="success", try_number=1, start_date=at(1), end_date=at(2),
+                   hostname="w")
+    events = observer.observe_task(done, 0, None)
+    events += observer.observe_task(replace(done, state=None, end_date=None), 1, None)
+    events += observer.observe_task(
+        replace(done, state="upstream_failed", try_closed=True), 1, None)
+    state = fold(events)
+    assert state.status is BuildStatus.UNEXEC and state.key.try_number == 2

@@ -92,7 +92,7 @@ def _static(task: str) -> dict[str, Any]:
 
 
 def _task_try(
-    draw: st.DrawFn, s: Stream, task: str, clear: int, try_number: int, outcome: str
+    draw: st.DrawFn, s: Stream, task: str, clear: int, *, try_number: int, outcome: str
 ) -> None:
     """One try of a task, from scheduling to ``outcome``."""
     node = _ref(task)
@@ -135,7 +135,9 @@ def _task_round(draw: st.DrawFn, s: Stream, task: str, clear: int, last_try: int
     node = _ref(task)
     s.tick(draw)
     static = _static(task) if draw(st.booleans()) else {}
-    s.emit(node, map_task_state(None), None, "scheduler", clear=clear, try_number=last_try, **static)
+    s.emit(
+        node, map_task_state(None), None, "scheduler", clear=clear, try_number=last_try, **static
+    )
     if draw(st.integers(0, 4)) == 0:  # never runs
         state = draw(st.sampled_from(("upstream_failed", "skipped")))
         s.tick(draw)
@@ -144,7 +146,8 @@ def _task_round(draw: st.DrawFn, s: Stream, task: str, clear: int, last_try: int
     tries = draw(st.integers(1, 3))
     final = draw(st.sampled_from(("success", "failed", "skipped")))
     for n in range(1, tries + 1):
-        _task_try(draw, s, task, clear, last_try + n, final if n == tries else "up_for_retry")
+        outcome = final if n == tries else "up_for_retry"
+        _task_try(draw, s, task, clear, try_number=last_try + n, outcome=outcome)
     if draw(st.booleans()):  # the DAG's layout, recorded late by another source
         s.tick(draw)
         s.emit(node, None, None, "api", clear=clear, try_number=last_try + tries, **_static(task))
@@ -153,7 +156,9 @@ def _task_round(draw: st.DrawFn, s: Stream, task: str, clear: int, last_try: int
 
 def _build_event(s: Stream, draw: st.DrawFn, state: str, clear: int, **fields: Any) -> None:
     s.tick(draw)
-    s.emit(_ref(None), map_run_state(state), state, "scheduler", clear=clear, try_number=1, **fields)
+    s.emit(
+        _ref(None), map_run_state(state), state, "scheduler", clear=clear, try_number=1, **fields
+    )
 
 
 @st.composite
@@ -231,9 +236,7 @@ def test_arrival_order_and_duplicates_do_not_matter(stream: Stream, data: st.Dat
 
 
 @given(stream=streams(), data=st.data())
-def test_final_status_is_the_last_word_of_the_last_try(
-    stream: Stream, data: st.DataObject
-) -> None:
+def test_final_status_is_the_last_word_of_the_last_try(stream: Stream, data: st.DataObject) -> None:
     states = fold(data.draw(arrivals(stream.events), label="arrival order"))
     for node_id, last in stream.last.items():
         state = states[node_id]

@@ -65,7 +65,9 @@ class Receiver:
                     for i, r in enumerate(body)
                     if r["task_id"] in receiver.reject_tasks
                 ]
-                receiver.batches.append([r for r in body if r["task_id"] not in receiver.reject_tasks])
+                receiver.batches.append(
+                    [r for r in body if r["task_id"] not in receiver.reject_tasks]
+                )
                 self._answer(200, {"accepted": len(body) - len(rejected), "rejected": rejected})
 
             def _answer(self, status: int, payload: dict[str, Any]) -> None:

@@ -43,11 +43,14 @@ def test_running_record_becomes_a_running_event_with_context() -> None:
     assert (event.node.dag_id, event.node.task_id, event.node.map_index) == ("etl", "load", -1)
     assert event.status is BuildStatus.RUNNING and event.rank is Rank.RUNNING
     assert (event.clear_number, event.try_number, event.source, event.seq) == (
-        1, 2, "worker@host-a:123", 4,
+        1,
+        2,
+        "worker@host-a:123",
+        4,
     )
     assert event.airflow_state == "running"
     assert dict(event.fields) == {
-        "started_at": "2026-01-01T00:00:01+00:00",  # normalised to UTC
+        "runner_started_at": "2026-01-01T00:00:01+00:00",  # normalised to UTC
         "host": "host-a",
         "queue": "default",
         "pool": "default_pool",
@@ -71,7 +74,7 @@ def test_states_map_through_the_mapping_table(
 ) -> None:
     event = record_to_event(good(state=state, end_date="2026-01-01T00:00:09Z", error="E: x"))
     assert (event.status, event.detail) == (status, detail)
-    assert event.fields["ended_at"] == "2026-01-01T00:00:09+00:00"
+    assert event.fields["runner_ended_at"] == "2026-01-01T00:00:09+00:00"
     assert event.fields["error"] == "E: x"
 
 

@@ -6,7 +6,6 @@ a module named conftest cannot be imported from tests reliably.
 
 from __future__ import annotations
 
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,12 +15,7 @@ import pytest
 import sqlalchemy as sa
 
 from airflow_bkci.store import Store
-
-try:
-    from tests.services import require_postgres
-except ModuleNotFoundError:  # pytest started without the repo root on sys.path
-    sys.path.insert(0, str(Path(__file__).parents[3]))
-    from tests.services import require_postgres
+from tests.services import require_postgres
 
 STORE_TABLES = "bkci_transition, bkci_node, bkci_build, bkci_pipeline, bkci_quarantine"
 

@@ -7,11 +7,10 @@ from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
-from tests.unit.store.builders import DAG, T0, build_event, event, iso
-
 from airflow_bkci.model import BuildStatus, Decision, Rank, StatusEvent
 from airflow_bkci.model.event import build_id_for
 from airflow_bkci.store import Store
+from tests.unit.store.builders import DAG, T0, build_event, event, iso
 
 S = BuildStatus
 BUILD = build_id_for(DAG, "run-1")
@@ -148,7 +147,7 @@ def test_a_removed_task_leaves_the_tree_but_keeps_its_history(store: Store) -> N
     assert doc["progress"]["total"] == 1
     assert store.node_states(BUILD)["old_task"].removed
     history = store.history(BUILD, "old_task")
-    assert [(t.to_status, t.detail) for t in history] == [(S.QUEUE, None), (S.QUEUE, "removed")]
+    assert [(t.to_status, t.detail) for t in history] == [(S.QUEUE, None), (S.UNEXEC, "removed")]
 
 
 def test_enrichment_before_the_run_event_renders_a_queued_build(store: Store) -> None:
@@ -200,3 +199,12 @@ def test_mapped_tasks_are_separate_nodes(store: Store) -> None:
     assert states["fan[0]"].status is S.SUCCEED
     assert states["fan[1]"].status is S.FAILED
     assert task_doc(store, "fan[1]")["status"] == "FAILED"
+
+
+def test_one_try_seen_with_different_clear_counts_is_one_step(store: Store) -> None:
+    """A worker and the scheduler may disagree on the run's clear count for a try."""
+    store.apply([event(S.RUNNING, clear=0, source="worker", at=2)])
+    store.apply([event(S.RUNNING, clear=1, at=2), event(S.SUCCEED, clear=1, at=5)])
+
+    assert [t.to_status for t in store.history(BUILD, "extract")] == [S.RUNNING, S.SUCCEED]
+    assert task_doc(store)["execute_count"] == 2

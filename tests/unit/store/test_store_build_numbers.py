@@ -5,11 +5,11 @@ from __future__ import annotations
 import threading
 
 from sqlalchemy import select
-from tests.unit.store.builders import build_event, event
 
 from airflow_bkci.model import BuildStatus
 from airflow_bkci.store import Store
 from airflow_bkci.store.tables import BuildRow
+from tests.unit.store.builders import build_event, event
 
 S = BuildStatus
 

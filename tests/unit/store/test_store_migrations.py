@@ -12,12 +12,12 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect
-from tests.unit.store.builders import event
 
 from airflow_bkci.model import BuildStatus
 from airflow_bkci.store import Store
 from airflow_bkci.store.engine import normalize_url
 from airflow_bkci.store.tables import VERSION_TABLE, metadata
+from tests.unit.store.builders import event
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])

@@ -5,12 +5,12 @@ from __future__ import annotations
 from datetime import timedelta
 
 from sqlalchemy import select
-from tests.unit.store.builders import T0, build_event, event, iso
 
 from airflow_bkci.model import BuildStatus
 from airflow_bkci.model.event import build_id_for
 from airflow_bkci.store import Store
 from airflow_bkci.store.tables import QuarantineRow
+from tests.unit.store.builders import T0, build_event, event, iso
 
 S = BuildStatus
 

@@ -73,7 +73,7 @@ def _check_secret(request: Request, authorization: str | None) -> None:
 
 async def _read_body(request: Request, limit: int) -> bytes:
     too_large = HTTPException(
-        status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+        status.HTTP_413_CONTENT_TOO_LARGE,
         detail=f"request body over {limit} bytes; send smaller batches",
     )
     declared = request.headers.get("content-length")
@@ -103,7 +103,7 @@ def _parse(body: bytes, max_items: int) -> list[Any]:
         )
     if len(records) > max_items:
         raise HTTPException(
-            status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+            status.HTTP_413_CONTENT_TOO_LARGE,
             detail=f"{len(records)} records in one request; the limit is {max_items}",
         )
     return records
