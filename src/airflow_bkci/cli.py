@@ -33,8 +33,10 @@ def _status(args: argparse.Namespace) -> int:
             print(json.dumps(tree, indent=2, default=str))
             return 0
         for build in store.builds(args.dag_id, limit=args.limit):
-            print(f"{build['id']}  {build['pipeline_id']:<24} #{build['build_num']:<4} "
-                  f"{build['status']:<12} {build['run_id']}")
+            print(
+                f"{build['id']}  {build['pipeline_id']:<24} #{build['build_num']:<4} "
+                f"{build['status']:<12} {build['run_id']}"
+            )
         return 0
     finally:
         store.dispose()

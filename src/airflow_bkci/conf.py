@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from airflow_bkci.exceptions import ConfigError
@@ -16,7 +17,7 @@ from airflow_bkci.exceptions import ConfigError
 SECTION = "bkci"
 
 
-def _conf():  # type: ignore[no-untyped-def]
+def _conf() -> Any:
     from airflow.configuration import conf
 
     return conf

@@ -266,6 +266,10 @@ class AirflowStack:
             return pg_url(self.backend, self.db_name).render_as_string(hide_password=False)
         return f"sqlite:///{self.home / 'airflow.db'}"
 
+    def configure(self, section: str, option: str, value: str) -> None:
+        """Set one Airflow option before :meth:`start` (after it, restart to apply)."""
+        self._config[section, option] = value
+
     @property
     def store_url(self) -> str:
         return self.env()["AIRFLOW__BKCI__STORE_URL"]

@@ -2,42 +2,66 @@
 
 from __future__ import annotations
 
-import os
+import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy.engine import make_url
 
 from airflow_bkci.devstack import AirflowStack
 from airflow_bkci.example_dags import EXPECTED_STATES, FOLDER
+from tests.proxy import TcpProxy
+from tests.services import require_postgres
 
-PG_URL = os.environ.get("BKCI_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+TEST_DAGS = Path(__file__).parent / "dags"
+
 RUN_TIMEOUT = 240.0
 
 ExampleRuns = dict[str, tuple[str, str]]
 
 
+INGEST_SECRET = "integration-tests-ingest-secret"
+
+
+class FaultableStack:
+    """A started stack plus the proxies that tests cut to make faults."""
+
+    def __init__(self, stack: AirflowStack, ingest: TcpProxy, store: TcpProxy | None) -> None:
+        self.stack = stack
+        self.ingest_proxy = ingest
+        self.store_proxy = store
+
+
 def _stack(home: Path, backend: str) -> Iterator[AirflowStack]:
-    with AirflowStack(home=home, dags_folder=FOLDER, backend=backend) as stack:
-        yield stack
-
-
-def _require_postgres(url: str) -> None:
-    import psycopg
-    from sqlalchemy.engine import make_url
-
-    libpq = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    dags = home / "dags"
+    dags.mkdir()
+    for source in [*FOLDER.glob("bkci_*.py"), *TEST_DAGS.glob("bkci_*.py")]:
+        shutil.copy(source, dags / source.name)
+    stack = AirflowStack(home=home, dags_folder=dags, backend=backend)
+    # Workers reach the ingest route, and the collectors the PostgreSQL store,
+    # through proxies that fault tests cut; Airflow's own database is direct.
+    ingest = TcpProxy("127.0.0.1", stack.port)
+    stack.configure("bkci", "ingest_url", f"http://127.0.0.1:{ingest.port}/bkci/ingest")
+    stack.configure("bkci", "ingest_secret", INGEST_SECRET)
+    stack.configure("bkci", "forward_timeout", "1.0")
+    store = None
+    if backend != "sqlite":
+        url = make_url(stack.db_url)
+        store = TcpProxy(url.host or "127.0.0.1", url.port or 5432)
+        store_url = url.set(drivername="postgresql+psycopg", host="127.0.0.1", port=store.port)
+        stack.configure("bkci", "store_url", store_url.render_as_string(hide_password=False))
+    t0 = time.monotonic()
     try:
-        psycopg.connect(libpq, connect_timeout=3).close()
-    except psycopg.OperationalError as exc:
-        message = (
-            f"PostgreSQL at {make_url(url)!r} is unreachable ({exc}). Start one, or point "
-            "BKCI_TEST_PG_URL at a server where this user may CREATE DATABASE, "
-            "or deselect these tests with -m 'not postgres'."
-        )
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        with stack:
+            stack.started_in = time.monotonic() - t0  # type: ignore[attr-defined]
+            stack.faults = FaultableStack(stack, ingest, store)  # type: ignore[attr-defined]
+            yield stack
+    finally:
+        ingest.close()
+        if store is not None:
+            store.close()
 
 
 def run_examples(stack: AirflowStack) -> ExampleRuns:
@@ -53,8 +77,7 @@ def sqlite_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AirflowSt
 
 @pytest.fixture(scope="session")
 def pg_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AirflowStack]:
-    _require_postgres(PG_URL)
-    yield from _stack(tmp_path_factory.mktemp("airflow-pg"), PG_URL)
+    yield from _stack(tmp_path_factory.mktemp("airflow-pg"), require_postgres())
 
 
 @pytest.fixture(scope="session")

@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from airflow_bkci.listeners.rows import RunRow, TaskRow
 from airflow_bkci.model.event import NodeRef, StatusEvent, utcnow
 from airflow_bkci.model.layout import TaskPlace
 from airflow_bkci.model.mapping import map_run_state, map_task_state
 from airflow_bkci.model.status import BuildStatus, Rank
-from airflow_bkci.listeners.rows import RunRow, TaskRow
 
 HistoryLoader = Callable[[TaskRow, int], list[TaskRow]]
 """Returns the history rows (earlier tries) of a task instance below a try."""
@@ -83,12 +83,33 @@ class Observer:
         self._last_at = max(self._last_at, utcnow())
         return self._last_at
 
-    def _event(self, node: NodeRef, status: BuildStatus | None, rank: Rank, at: datetime,
-               clear: int, try_number: int, state: str | None, detail: str | None,
-               fields: dict[str, Any], removed: bool = False) -> StatusEvent:
-        return StatusEvent(node=node, status=status, clear_number=clear, try_number=try_number,
-                           source=self.source, seq=next(self._seq), at=at, airflow_state=state,
-                           detail=detail, rank=rank, removed=removed, fields=fields)
+    def _event(
+        self,
+        node: NodeRef,
+        status: BuildStatus | None,
+        rank: Rank,
+        at: datetime,
+        clear: int,
+        try_number: int,
+        state: str | None,
+        detail: str | None,
+        fields: dict[str, Any],
+        removed: bool = False,
+    ) -> StatusEvent:
+        return StatusEvent(
+            node=node,
+            status=status,
+            clear_number=clear,
+            try_number=try_number,
+            source=self.source,
+            seq=next(self._seq),
+            at=at,
+            airflow_state=state,
+            detail=detail,
+            rank=rank,
+            removed=removed,
+            fields=fields,
+        )
 
     # ----------------------------------------------------------------- runs
     def observe_run(self, run: RunRow) -> list[StatusEvent]:
@@ -115,14 +136,38 @@ class Observer:
             "note": run.note,
         }
         node = NodeRef(run.dag_id, run.run_id)
-        return [self._event(node, mapped.status, mapped.rank, at, run.clear_number, 0,
-                            run.state, mapped.detail, fields)]
+        return [
+            self._event(
+                node,
+                mapped.status,
+                mapped.rank,
+                at,
+                run.clear_number,
+                0,
+                run.state,
+                mapped.detail,
+                fields,
+            )
+        ]
 
     # ---------------------------------------------------------------- tasks
-    def observe_task(self, row: TaskRow, clear_number: int, place: TaskPlace | None,
-                     history: HistoryLoader | None = None) -> list[StatusEvent]:
-        signature = (row.state, row.try_number, row.resuming, row.hostname, row.start_date,
-                     row.end_date, row.queued_dttm, row.scheduled_dttm)
+    def observe_task(
+        self,
+        row: TaskRow,
+        clear_number: int,
+        place: TaskPlace | None,
+        history: HistoryLoader | None = None,
+    ) -> list[StatusEvent]:
+        signature = (
+            row.state,
+            row.try_number,
+            row.resuming,
+            row.hostname,
+            row.start_date,
+            row.end_date,
+            row.queued_dttm,
+            row.scheduled_dttm,
+        )
         seen = self._tasks.get(row.ti_key)
         if seen is not None and seen.signature == signature:
             return []
@@ -135,9 +180,20 @@ class Observer:
         events.extend(self._backfill(row, try_number, clear_number, mapped.rank, floor))
         at = self._state_time(row, mapped.rank, first=floor < int(Rank.RUNNING))
         node = NodeRef(row.dag_id, row.run_id, row.task_id, row.map_index)
-        events.append(self._event(node, mapped.status, mapped.rank, at, clear_number, try_number,
-                                  row.state, mapped.detail, self._fields(row, place),
-                                  removed=mapped.removed))
+        events.append(
+            self._event(
+                node,
+                mapped.status,
+                mapped.rank,
+                at,
+                clear_number,
+                try_number,
+                row.state,
+                mapped.detail,
+                self._fields(row, place),
+                removed=mapped.removed,
+            )
+        )
         self._tasks[row.ti_key] = _Seen(signature, try_number, int(mapped.rank))
         return events
 
@@ -169,14 +225,19 @@ class Observer:
         if row.label:
             fields["label"] = row.label
         if place is not None:
-            fields.update(stage=place.stage, stage_name=place.stage_name, order=place.order,
-                          operator=row.operator or place.operator)
+            fields.update(
+                stage=place.stage,
+                stage_name=place.stage_name,
+                order=place.order,
+                operator=row.operator or place.operator,
+            )
         elif row.operator:
             fields["operator"] = row.operator
         return fields
 
-    def _backfill(self, row: TaskRow, try_number: int, clear: int, rank: Rank,
-                  floor: int) -> Iterator[StatusEvent]:
+    def _backfill(
+        self, row: TaskRow, try_number: int, clear: int, rank: Rank, floor: int
+    ) -> Iterator[StatusEvent]:
         """Short states of the current try that polling may have missed."""
         if row.resuming or row.state is None:
             return
@@ -189,11 +250,27 @@ class Observer:
         )
         for step_rank, status, state, at in steps:
             if floor < step_rank < rank and at is not None:
-                yield self._event(node, status, step_rank, at, clear, try_number, state, None,
-                                  {"task_id": row.task_id, "map_index": row.map_index})
+                yield self._event(
+                    node,
+                    status,
+                    step_rank,
+                    at,
+                    clear,
+                    try_number,
+                    state,
+                    None,
+                    {"task_id": row.task_id, "map_index": row.map_index},
+                )
 
-    def _earlier_tries(self, row: TaskRow, try_number: int, clear: int, place: TaskPlace | None,
-                       seen: _Seen | None, history: HistoryLoader) -> Iterator[StatusEvent]:
+    def _earlier_tries(
+        self,
+        row: TaskRow,
+        try_number: int,
+        clear: int,
+        place: TaskPlace | None,
+        seen: _Seen | None,
+        history: HistoryLoader,
+    ) -> Iterator[StatusEvent]:
         done_below = 1
         if seen is not None:
             done_below = seen.try_number + (1 if seen.rank >= Rank.FINISHED else 0)
@@ -207,23 +284,36 @@ class Observer:
             status = mapped.status if mapped.rank is Rank.FINISHED else BuildStatus.FAILED
             node = NodeRef(row.dag_id, row.run_id, row.task_id, row.map_index)
             yield from self._backfill(old, old.try_number, clear, rank, -1)
-            yield self._event(node, status, rank, old.end_date or old.start_date or self._now(),
-                              clear, old.try_number, old.state, mapped.detail,
-                              self._fields(old, place), removed=mapped.removed)
+            yield self._event(
+                node,
+                status,
+                rank,
+                old.end_date or old.start_date or self._now(),
+                clear,
+                old.try_number,
+                old.state,
+                mapped.detail,
+                self._fields(old, place),
+                removed=mapped.removed,
+            )
 
 
-def observe_all(observer: Observer, runs: Iterable[RunRow], tasks: Iterable[TaskRow],
-                places: Callable[[RunRow], dict[str, TaskPlace]],
-                history: HistoryLoader | None = None) -> list[StatusEvent]:
+def observe_all(
+    observer: Observer,
+    runs: Iterable[RunRow],
+    tasks: Iterable[TaskRow],
+    places: Callable[[RunRow], dict[str, TaskPlace]],
+    history: HistoryLoader | None = None,
+) -> list[StatusEvent]:
     """One reconcile pass: run events first, then their tasks'."""
     by_run = {(r.dag_id, r.run_id): r for r in runs}
     events: list[StatusEvent] = []
     for run in by_run.values():
         events.extend(observer.observe_run(run))
     for row in tasks:
-        run = by_run.get((row.dag_id, row.run_id))
-        if run is None:
+        owner = by_run.get((row.dag_id, row.run_id))
+        if owner is None:
             continue
-        place = places(run).get(row.task_id)
-        events.extend(observer.observe_task(row, run.clear_number, place, history))
+        place = places(owner).get(row.task_id)
+        events.extend(observer.observe_task(row, owner.clear_number, place, history))
     return events

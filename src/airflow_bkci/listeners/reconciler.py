@@ -12,8 +12,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import replace
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -43,28 +43,56 @@ class AirflowReader:
         from airflow import settings
 
         assert settings.engine is not None, "Airflow's ORM is not configured in this process"
-        return cls(create_engine(settings.engine.url, pool_size=1, max_overflow=1,
-                                 pool_pre_ping=True))
+        return cls(
+            create_engine(settings.engine.url, pool_size=1, max_overflow=1, pool_pre_ping=True)
+        )
 
     def runs(self, since: datetime, extra: Sequence[tuple[str, str]] = ()) -> list[RunRow]:
         from airflow.models.dagrun import DagRun, DagRunNote
 
         wanted = or_(DagRun.state.in_(("queued", "running")), DagRun.end_date >= since)
         if extra:
-            wanted = or_(wanted, *(and_(DagRun.dag_id == d, DagRun.run_id == r)
-                                   for d, r in extra[:500]))
+            wanted = or_(
+                wanted, *(and_(DagRun.dag_id == d, DagRun.run_id == r) for d, r in extra[:500])
+            )
         stmt = (
-            select(DagRun.dag_id, DagRun.run_id, DagRun.state, DagRun.clear_number,
-                   DagRun.run_type, DagRun.triggered_by, DagRun.triggering_user_name,
-                   DagRun.logical_date, DagRun.run_after, DagRun.queued_at, DagRun.start_date,
-                   DagRun.end_date, DagRunNote.content, DagRun.created_dag_version_id)
+            select(
+                DagRun.dag_id,
+                DagRun.run_id,
+                DagRun.state,
+                DagRun.clear_number,
+                DagRun.run_type,
+                DagRun.triggered_by,
+                DagRun.triggering_user_name,
+                DagRun.logical_date,
+                DagRun.run_after,
+                DagRun.queued_at,
+                DagRun.start_date,
+                DagRun.end_date,
+                DagRunNote.content,
+                DagRun.created_dag_version_id,
+            )
             .outerjoin(DagRunNote, DagRunNote.dag_run_id == DagRun.id)
             .where(wanted)
         )
         with Session(self.engine) as session:
             return [
-                RunRow(r[0], r[1], _str(r[2]), r[3] or 0, _str(r[4]), _str(r[5]), r[6], r[7], r[8],
-                       r[9], r[10], r[11], r[12], r[13])
+                RunRow(
+                    r[0],
+                    r[1],
+                    _str(r[2]),
+                    r[3] or 0,
+                    _str(r[4]),
+                    _str(r[5]),
+                    r[6],
+                    r[7],
+                    r[8],
+                    r[9],
+                    r[10],
+                    r[11],
+                    r[12],
+                    r[13],
+                )
                 for r in session.execute(stmt)
             ]
 
@@ -79,20 +107,30 @@ class AirflowReader:
         with Session(self.engine) as session:
             for dag_id, run_ids in by_dag.items():
                 for start in range(0, len(run_ids), 500):
-                    chunk = run_ids[start:start + 500]
+                    chunk = run_ids[start : start + 500]
                     stmt = select(*_TI_COLUMNS(TI), TI.next_method, TI.id).where(
-                        TI.dag_id == dag_id, TI.run_id.in_(chunk))
+                        TI.dag_id == dag_id, TI.run_id.in_(chunk)
+                    )
                     found = list(session.execute(stmt))
-                    waiting = [r[-1] for r in found if _str(r[4]) in ("scheduled", "queued")
-                               and r[-2] is None]
+                    waiting = [
+                        r[-1]
+                        for r in found
+                        if _str(r[4]) in ("scheduled", "queued") and r[-2] is None
+                    ]
                     rescheduled: set[Any] = set()
                     if waiting:
-                        rescheduled = set(session.scalars(
-                            select(TaskReschedule.ti_id).where(TaskReschedule.ti_id.in_(waiting))))
+                        rescheduled = set(
+                            session.scalars(
+                                select(TaskReschedule.ti_id).where(
+                                    TaskReschedule.ti_id.in_(waiting)
+                                )
+                            )
+                        )
                     closed = self._closed_tries(session, dag_id, found)
                     for r in found:
                         resuming = _str(r[4]) in ("scheduled", "queued") and (
-                            r[-2] is not None or r[-1] in rescheduled)
+                            r[-2] is not None or r[-1] in rescheduled
+                        )
                         row = _task_row(r, resuming)
                         if (row.run_id, row.task_id, row.map_index, row.try_number) in closed:
                             row = replace(row, try_closed=True)
@@ -108,16 +146,24 @@ class AirflowReader:
         if not runs:
             return set()
         stmt = select(TIH.run_id, TIH.task_id, TIH.map_index, TIH.try_number).where(
-            TIH.dag_id == dag_id, TIH.run_id.in_(sorted(runs)))
+            TIH.dag_id == dag_id, TIH.run_id.in_(sorted(runs))
+        )
         return {tuple(r) for r in session.execute(stmt)}
 
     def history(self, row: TaskRow, below: int) -> list[TaskRow]:
         from airflow.models.taskinstancehistory import TaskInstanceHistory as TIH
 
-        stmt = select(*_TI_COLUMNS(TIH)).where(
-            TIH.dag_id == row.dag_id, TIH.run_id == row.run_id, TIH.task_id == row.task_id,
-            TIH.map_index == row.map_index, TIH.try_number < below,
-        ).order_by(TIH.try_number)
+        stmt = (
+            select(*_TI_COLUMNS(TIH))
+            .where(
+                TIH.dag_id == row.dag_id,
+                TIH.run_id == row.run_id,
+                TIH.task_id == row.task_id,
+                TIH.map_index == row.map_index,
+                TIH.try_number < below,
+            )
+            .order_by(TIH.try_number)
+        )
         with Session(self.engine) as session:
             return [_task_row(r, False) for r in session.execute(stmt)]
 
@@ -132,8 +178,12 @@ class AirflowReader:
             if run.dag_version_id:
                 model = session.scalar(select(SDM).where(SDM.dag_version_id == run.dag_version_id))
             else:
-                model = session.scalar(select(SDM).where(SDM.dag_id == run.dag_id)
-                                       .order_by(SDM.created_at.desc()).limit(1))
+                model = session.scalar(
+                    select(SDM)
+                    .where(SDM.dag_id == run.dag_id)
+                    .order_by(SDM.created_at.desc())
+                    .limit(1)
+                )
             data = model.data if model is not None else None
         layout = dag_layout(data) if isinstance(data, dict) else {}
         if len(self._layouts) > 1000:
@@ -142,21 +192,49 @@ class AirflowReader:
         return layout
 
 
-def _TI_COLUMNS(model: Any) -> tuple[Any, ...]:  # noqa: N802 - reads like a constant
-    return (model.dag_id, model.run_id, model.task_id, model.map_index, model.state,
-            model.try_number, model.max_tries, model.scheduled_dttm, model.queued_dttm,
-            model.start_date, model.end_date, model.hostname, model.queue, model.pool,
-            model.custom_operator_name, model.operator, model.executor,
-            model.task_display_name)
+def _TI_COLUMNS(model: Any) -> tuple[Any, ...]:
+    return (
+        model.dag_id,
+        model.run_id,
+        model.task_id,
+        model.map_index,
+        model.state,
+        model.try_number,
+        model.max_tries,
+        model.scheduled_dttm,
+        model.queued_dttm,
+        model.start_date,
+        model.end_date,
+        model.hostname,
+        model.queue,
+        model.pool,
+        model.custom_operator_name,
+        model.operator,
+        model.executor,
+        model.task_display_name,
+    )
 
 
 def _task_row(r: Any, resuming: bool) -> TaskRow:
     return TaskRow(
-        dag_id=r[0], run_id=r[1], task_id=r[2], map_index=r[3], state=_str(r[4]),
-        try_number=r[5] or 0, max_tries=r[6], scheduled_dttm=r[7], queued_dttm=r[8],
-        start_date=r[9], end_date=r[10], hostname=r[11], queue=r[12], pool=r[13],
-        operator=r[14] or r[15], executor=r[16],
-        label=r[17] if r[17] and r[17] != r[2] else None, resuming=resuming,
+        dag_id=r[0],
+        run_id=r[1],
+        task_id=r[2],
+        map_index=r[3],
+        state=_str(r[4]),
+        try_number=r[5] or 0,
+        max_tries=r[6],
+        scheduled_dttm=r[7],
+        queued_dttm=r[8],
+        start_date=r[9],
+        end_date=r[10],
+        hostname=r[11],
+        queue=r[12],
+        pool=r[13],
+        operator=r[14] or r[15],
+        executor=r[16],
+        label=r[17] if r[17] and r[17] != r[2] else None,
+        resuming=resuming,
     )
 
 
@@ -169,9 +247,16 @@ def _str(value: Any) -> str | None:
 class Reconciler:
     """Polls Airflow's database every ``interval`` seconds on its own thread."""
 
-    def __init__(self, reader: AirflowReader, sink: EventSink, *, interval: float,
-                 window: float, source: str,
-                 unfinished: UnfinishedBuilds | None = None) -> None:
+    def __init__(
+        self,
+        reader: AirflowReader,
+        sink: EventSink,
+        *,
+        interval: float,
+        window: float,
+        source: str,
+        unfinished: UnfinishedBuilds | None = None,
+    ) -> None:
         self.reader = reader
         self.sink = sink
         self.interval = interval

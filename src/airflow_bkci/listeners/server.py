@@ -58,23 +58,40 @@ def _enum_value(value: Any) -> str | None:
 def run_row(dag_run: Any) -> RunRow:
     """Snapshot of an ORM DagRun; reads only loaded columns (no lazy loads)."""
     return RunRow(
-        dag_id=dag_run.dag_id, run_id=dag_run.run_id, state=_enum_value(dag_run.state),
-        clear_number=dag_run.clear_number or 0, run_type=_enum_value(dag_run.run_type),
+        dag_id=dag_run.dag_id,
+        run_id=dag_run.run_id,
+        state=_enum_value(dag_run.state),
+        clear_number=dag_run.clear_number or 0,
+        run_type=_enum_value(dag_run.run_type),
         triggered_by=_enum_value(dag_run.triggered_by),
-        triggering_user=dag_run.triggering_user_name, logical_date=dag_run.logical_date,
-        run_after=dag_run.run_after, queued_at=dag_run.queued_at,
-        start_date=dag_run.start_date, end_date=dag_run.end_date,
+        triggering_user=dag_run.triggering_user_name,
+        logical_date=dag_run.logical_date,
+        run_after=dag_run.run_after,
+        queued_at=dag_run.queued_at,
+        start_date=dag_run.start_date,
+        end_date=dag_run.end_date,
     )
 
 
 def task_row(ti: Any) -> TaskRow:
     """Snapshot of an ORM TaskInstance."""
     return TaskRow(
-        dag_id=ti.dag_id, run_id=ti.run_id, task_id=ti.task_id, map_index=ti.map_index,
-        state=_enum_value(ti.state), try_number=ti.try_number or 0, max_tries=ti.max_tries,
-        scheduled_dttm=ti.scheduled_dttm, queued_dttm=ti.queued_dttm,
-        start_date=ti.start_date, end_date=ti.end_date, hostname=ti.hostname, queue=ti.queue,
-        pool=ti.pool, operator=ti.custom_operator_name or ti.operator, executor=ti.executor,
+        dag_id=ti.dag_id,
+        run_id=ti.run_id,
+        task_id=ti.task_id,
+        map_index=ti.map_index,
+        state=_enum_value(ti.state),
+        try_number=ti.try_number or 0,
+        max_tries=ti.max_tries,
+        scheduled_dttm=ti.scheduled_dttm,
+        queued_dttm=ti.queued_dttm,
+        start_date=ti.start_date,
+        end_date=ti.end_date,
+        hostname=ti.hostname,
+        queue=ti.queue,
+        pool=ti.pool,
+        operator=ti.custom_operator_name or ti.operator,
+        executor=ti.executor,
     )
 
 
@@ -133,9 +150,12 @@ class ServerCollector:
             if self.reconciler is not None:
                 return
             self.reconciler = Reconciler(
-                AirflowReader.from_airflow(), self.sink,
-                interval=conf.reconcile_interval(), window=conf.recent_window(),
-                source=default_source(AUTHORITATIVE_SOURCE.rstrip("@")), unfinished=_unfinished_builds,
+                AirflowReader.from_airflow(),
+                self.sink,
+                interval=conf.reconcile_interval(),
+                window=conf.recent_window(),
+                source=default_source(AUTHORITATIVE_SOURCE.rstrip("@")),
+                unfinished=_unfinished_builds,
             )
             self.reconciler.start()
             log.info("bkci: reconciler started (every %.1fs)", self.reconciler.interval)
@@ -146,16 +166,18 @@ class ServerCollector:
         self.sink.stop(timeout)
 
 
-_collector: ServerCollector | None = None
-_collector_lock = threading.Lock()
+class _Holder:
+    """The process's one collector, made on first use."""
+
+    collector: ServerCollector | None = None
+    lock = threading.Lock()
 
 
 def collector() -> ServerCollector:
-    global _collector
-    with _collector_lock:
-        if _collector is None:
-            _collector = ServerCollector()
-        return _collector
+    with _Holder.lock:
+        if _Holder.collector is None:
+            _Holder.collector = ServerCollector()
+        return _Holder.collector
 
 
 def is_orm(obj: Any) -> bool:
@@ -176,8 +198,9 @@ class ServerListener:
     @hookimpl
     def before_stopping(self, component: Any) -> None:
         try:
-            if _collector is not None and type(component).__name__ == "Job":
-                _collector.stop(timeout=conf.forward_timeout())
+            running = _Holder.collector
+            if running is not None and type(component).__name__ == "Job":
+                running.stop(timeout=conf.forward_timeout())
         except Exception:
             log.warning("bkci: before_stopping failed", exc_info=True)
 
@@ -233,8 +256,7 @@ class ServerListener:
         self._task_changed(task_instance)
 
     @hookimpl
-    def on_task_instance_failed(self, previous_state: Any, task_instance: Any,
-                                error: Any) -> None:
+    def on_task_instance_failed(self, previous_state: Any, task_instance: Any, error: Any) -> None:
         self._task_changed(task_instance, error)
 
     @hookimpl

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable
 from tenacity import wait_exponential_jitter
 
 from airflow_bkci.model.event import StatusEvent
+from airflow_bkci.spool.forwarder import backoff_delay
 
 log = logging.getLogger(__name__)
 
@@ -69,9 +70,11 @@ class EventSink:
                 self._queue.clear()
                 overflow = True
         if overflow:
-            log.warning("bkci: %d events queued while the status store was away; "
-                        "dropped them and asked for a resync from Airflow's database",
-                        self._max_queued)
+            log.warning(
+                "bkci: %d events queued while the status store was away; "
+                "dropped them and asked for a resync from Airflow's database",
+                self._max_queued,
+            )
             if self._on_overflow is not None:
                 self._on_overflow()
         self._ensure_thread()
@@ -128,21 +131,23 @@ class EventSink:
                 self._give_back(batch)
                 attempt += 1
                 self.failures += 1
-                delay = self._backoff(_RetryState(attempt))
-                log.warning("bkci: status store unavailable (%s); %d events kept, retry %d in %.1fs",
-                            exc, self.pending(), attempt, delay)
+                delay = backoff_delay(self._backoff, attempt)
+                log.warning(
+                    "bkci: status store unavailable (%s); %d events kept, retry %d in %.1fs",
+                    exc,
+                    self.pending(),
+                    attempt,
+                    delay,
+                )
                 self._stopping.wait(delay)
                 continue
             attempt = 0
             self.applied += len(batch)
             self.last_success = time.time()
             for event, reason in getattr(result, "rejected", ()):
-                log.warning("bkci: rejected event for %s/%s: %s",
-                            event.node.build_id, event.node.node_id, reason)
-
-
-class _RetryState:
-    """The one attribute tenacity's wait strategies read."""
-
-    def __init__(self, attempt_number: int) -> None:
-        self.attempt_number = attempt_number
+                log.warning(
+                    "bkci: rejected event for %s/%s: %s",
+                    event.node.build_id,
+                    event.node.node_id,
+                    reason,
+                )

@@ -126,9 +126,7 @@ def _live_tasks(tasks: Mapping[str, NodeState]) -> dict[str, NodeState]:
     expands a mapped task, so the placeholder is never reported as gone.
     """
     expanded = {nid.split("[", 1)[0] for nid in tasks if nid.endswith("]")}
-    return {
-        nid: st for nid, st in tasks.items() if not st.removed and nid not in expanded
-    }
+    return {nid: st for nid, st in tasks.items() if not st.removed and nid not in expanded}
 
 
 def build_document(

@@ -18,10 +18,26 @@ def at(seconds: float) -> datetime:
     return T0 + timedelta(seconds=seconds)
 
 
-RUN = RunRow("etl", "manual__1", "running", 0, "manual", "rest_api", "alice", None, at(0),
-             at(0), at(1), None)
-TASK = TaskRow("etl", "manual__1", "extract", -1, None, 0, 1, None, None, None, None, None,
-               "default", "default_pool", "PythonOperator")
+RUN = RunRow(
+    "etl", "manual__1", "running", 0, "manual", "rest_api", "alice", None, at(0), at(0), at(1), None
+)
+TASK = TaskRow(
+    "etl",
+    "manual__1",
+    "extract",
+    -1,
+    None,
+    0,
+    1,
+    None,
+    None,
+    None,
+    None,
+    None,
+    "default",
+    "default_pool",
+    "PythonOperator",
+)
 
 
 def fold(events):
@@ -39,8 +55,15 @@ def test_new_task_is_queued_for_its_first_try():
 
 
 def test_missed_short_states_are_backfilled_with_airflow_times():
-    row = replace(TASK, state="running", try_number=1, scheduled_dttm=at(2), queued_dttm=at(2.1),
-                  start_date=at(2.3), hostname="worker-1")
+    row = replace(
+        TASK,
+        state="running",
+        try_number=1,
+        scheduled_dttm=at(2),
+        queued_dttm=at(2.1),
+        start_date=at(2.3),
+        hostname="worker-1",
+    )
     events = Observer("s").observe_task(row, 0, None)
     assert [(e.status, e.at) for e in events] == [
         (BuildStatus.QUEUE, at(2)),
@@ -59,15 +82,35 @@ def test_unchanged_row_emits_nothing_and_changes_emit_once():
 
 
 def test_earlier_tries_come_from_history_when_missed():
-    old = replace(TASK, state="up_for_retry", try_number=1, scheduled_dttm=at(1),
-                  queued_dttm=at(1.1), start_date=at(1.2), end_date=at(2), hostname="w")
-    now = replace(TASK, state="success", try_number=2, scheduled_dttm=at(4), queued_dttm=at(4.1),
-                  start_date=at(4.2), end_date=at(5), hostname="w")
+    old = replace(
+        TASK,
+        state="up_for_retry",
+        try_number=1,
+        scheduled_dttm=at(1),
+        queued_dttm=at(1.1),
+        start_date=at(1.2),
+        end_date=at(2),
+        hostname="w",
+    )
+    now = replace(
+        TASK,
+        state="success",
+        try_number=2,
+        scheduled_dttm=at(4),
+        queued_dttm=at(4.1),
+        start_date=at(4.2),
+        end_date=at(5),
+        hostname="w",
+    )
     events = Observer("s").observe_task(now, 0, None, history=lambda row, below: [old])
     assert [(e.try_number, e.status) for e in events] == [
-        (1, BuildStatus.QUEUE), (1, BuildStatus.PREPARE_ENV), (1, BuildStatus.RUNNING),
+        (1, BuildStatus.QUEUE),
+        (1, BuildStatus.PREPARE_ENV),
+        (1, BuildStatus.RUNNING),
         (1, BuildStatus.RETRY),
-        (2, BuildStatus.QUEUE), (2, BuildStatus.PREPARE_ENV), (2, BuildStatus.RUNNING),
+        (2, BuildStatus.QUEUE),
+        (2, BuildStatus.PREPARE_ENV),
+        (2, BuildStatus.RUNNING),
         (2, BuildStatus.SUCCEED),
     ]
     state = fold(events)
@@ -114,8 +157,9 @@ def test_run_events_and_stage_placement():
 
 
 def test_cleared_task_waits_for_a_new_try_and_reopens():
-    done = replace(TASK, state="failed", try_number=1, start_date=at(1), end_date=at(2),
-                   hostname="w")
+    done = replace(
+        TASK, state="failed", try_number=1, start_date=at(1), end_date=at(2), hostname="w"
+    )
     cleared = replace(done, state=None)
     observer = Observer("s")
     state = fold(observer.observe_task(done, 0, None))
@@ -139,11 +183,13 @@ def test_task_that_never_ran_ends_unexec_after_pending():
 
 def test_cleared_task_that_ends_without_running_takes_the_new_try():
     observer = Observer("s")
-    done = replace(TASK, state="success", try_number=1, start_date=at(1), end_date=at(2),
-                   hostname="w")
+    done = replace(
+        TASK, state="success", try_number=1, start_date=at(1), end_date=at(2), hostname="w"
+    )
     events = observer.observe_task(done, 0, None)
     events += observer.observe_task(replace(done, state=None, end_date=None), 1, None)
     events += observer.observe_task(
-        replace(done, state="upstream_failed", try_closed=True), 1, None)
+        replace(done, state="upstream_failed", try_closed=True), 1, None
+    )
     state = fold(events)
     assert state.status is BuildStatus.UNEXEC and state.key.try_number == 2

@@ -337,16 +337,11 @@ def test_a_removal_ends_in_the_same_state_whatever_came_first() -> None:
     assert state_after(removed).status is S.UNEXEC
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="task keys leave out clear_number: a task cleared and then skipped or "
-    "upstream_failed without a new try ties with its old terminal, and clock skew "
-    "between sources decides which wins",
-)
-def test_a_clear_that_ends_without_a_new_try_wins_over_the_old_result() -> None:
-    # try 1 succeeded on a worker whose clock is 30 s ahead; 10 s later the run
-    # is cleared and the scheduler (clock 30 s behind) marks the task
-    # upstream_failed; Airflow leaves try_number at 1 for a task never scheduled
+def test_a_clear_that_ends_without_running_reopens_with_the_next_try() -> None:
+    # The reconciler reports a cleared task that ends without running under
+    # try_number + 1 (listeners/observer.effective_try), so it never ties with
+    # the old try's result, whatever the clocks say.
     succeeded = ev(S.SUCCEED, try_number=1, second=100 + 30, source="worker")
-    unexec = ev(S.UNEXEC, clear_number=1, try_number=1, second=110 - 30, source="scheduler")
+    unexec = ev(S.UNEXEC, clear_number=1, try_number=2, second=110 - 30, source="scheduler")
     assert state_after(succeeded, unexec).status is S.UNEXEC
+    assert state_after(unexec, succeeded).status is S.UNEXEC

@@ -176,14 +176,19 @@ def test_build_document() -> None:
 
 
 def test_mapped_placeholder_leaves_the_tree_once_expanded():
-    from airflow_bkci.model.fsm import apply as fold_one
-    from airflow_bkci.model.event import NodeRef, StatusEvent
     from datetime import datetime, timezone
+
+    from airflow_bkci.model.event import NodeRef, StatusEvent
+    from airflow_bkci.model.fsm import apply as fold_one
 
     def state(map_index: int) -> object:
         event = StatusEvent(
-            node=NodeRef("d", "r", "package", map_index), status=BuildStatus.QUEUE,
-            clear_number=0, try_number=1, source="s", seq=1,
+            node=NodeRef("d", "r", "package", map_index),
+            status=BuildStatus.QUEUE,
+            clear_number=0,
+            try_number=1,
+            source="s",
+            seq=1,
             at=datetime(2026, 1, 1, tzinfo=timezone.utc),
         )
         return fold_one(None, event)[0]

@@ -1,0 +1,66 @@
+"""Two schedulers at once (HA, PostgreSQL): nothing is duplicated or lost."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from collections import Counter
+
+import pytest
+from sqlalchemy import text
+
+from airflow_bkci.devstack import airflow_bin
+from airflow_bkci.model.event import build_id_for
+from airflow_bkci.store import Store
+from tests.integration.truth import wait_agreement
+
+pytestmark = [pytest.mark.integration, pytest.mark.postgres]
+
+
+def test_second_scheduler_duplicates_nothing(pg_stack):
+    stack = pg_stack
+    log = (stack.home / "logs" / "scheduler-2.log").open("ab")
+    second = subprocess.Popen(
+        [airflow_bin(), "scheduler"],
+        env=stack.env(),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=stack.home,
+        start_new_session=True,
+    )
+    log.close()
+    try:
+        runs = [stack.trigger("bkci_stages") for _ in range(3)]
+        runs += [stack.trigger("bkci_retry") for _ in range(2)]
+        dags = ["bkci_stages"] * 3 + ["bkci_retry"] * 2
+        for dag_id, run_id in zip(dags, runs, strict=True):
+            assert stack.wait_run(dag_id, run_id, timeout=240) == "success"
+        store = Store(stack.store_url)
+        for dag_id, run_id in zip(dags, runs, strict=True):
+            wait_agreement(store, stack.db_url, dag_id, run_id, timeout=60)
+        assert second.poll() is None, "the second scheduler kept running"
+    finally:
+        os.killpg(second.pid, signal.SIGTERM)
+        second.wait(30)
+    with store.engine.connect() as conn:
+        numbers = conn.execute(
+            text(
+                "SELECT dag_id, build_num FROM bkci_build "
+                "WHERE dag_id IN ('bkci_stages', 'bkci_retry')"
+            )
+        ).all()
+        steps = conn.execute(
+            text("SELECT build_id, node_id, try_number, to_status, detail FROM bkci_transition")
+        ).all()
+    for dag_id in ("bkci_stages", "bkci_retry"):
+        nums = sorted(n for d, n in numbers if d == dag_id)
+        assert nums == list(range(1, len(nums) + 1)), f"{dag_id} build numbers {nums}"
+    assert [s for s, n in Counter(map(tuple, steps)).items() if n > 1] == []
+    flaky = [
+        t
+        for t in store.history(build_id_for("bkci_retry", runs[-1]), "flaky")
+        if t.detail != "pending"
+    ]
+    assert len(flaky) == 8
+    store.dispose()
