@@ -25,19 +25,19 @@ import time
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 import psutil
 
-from airflow_bkci.devstack import AirflowStack
+from airflow_bkci.devstack import AirflowStack, StackError
 from airflow_bkci.example_dags import EXPECTED_STATES, FOLDER
 
 HERE = Path(__file__).resolve().parent
 MEASURE_PLUGIN = HERE / "plugins" / "bkci_measure.py"
 SHADOW_PLUGIN = HERE / "plugins" / "bkci_shadow.py"
 CHAINS = "bkci_chains"
-RUN_TIMEOUT = 900.0
+RUN_TIMEOUT = 300.0  # a 60-task run takes 30-60 s here; longer means a stuck task
 SETTLE = 5.0
 OURS = ("ServerListener", "WorkerListener")
 NOOP = "NoopListener"
@@ -252,12 +252,23 @@ def _verdict(role: str, hook: str, ours: list[Sample], noop: list[Sample]) -> st
     return f"  {role:<13} {hook:<26} cpu p99 {cpu99:.3f} ms {cpu_ok}; {wall_txt}"
 
 
+def wait_or_report(st: AirflowStack, dag_id: str, run_id: str) -> str:
+    """The run's final state, or "stuck" (with the unfinished tasks printed) after the timeout."""
+    try:
+        return str(st.wait_run(dag_id, run_id, timeout=RUN_TIMEOUT))
+    except StackError:
+        tis = st.task_instances(dag_id, run_id)
+        running = [f"{t['task_id']} (pid {t.get('pid')})" for t in tis if t["state"] == "running"]
+        say(f"STUCK: {dag_id}/{run_id} unfinished after {RUN_TIMEOUT:.0f} s; running: {running}")
+        return "stuck"
+
+
 def part_hooks(keep: bool) -> None:
     say("PART 1: hook cost (measuring plugin + no-op listener, everything unreachable)")
     with stack("hooks", [MEASURE_PLUGIN], keep) as st:
         runs = {dag_id: st.trigger(dag_id) for dag_id in EXPECTED_STATES}
         for dag_id, run_id in runs.items():
-            state = st.wait_run(dag_id, run_id, timeout=RUN_TIMEOUT)
+            state = wait_or_report(st, dag_id, run_id)
             say(f"hooks: {dag_id} {state} (expected {EXPECTED_STATES[dag_id]})")
         time.sleep(2.0)  # let the last task runners finish their before_stopping hooks
         samples_dir = st.home / "samples"
@@ -306,12 +317,12 @@ def time_run(config: str, st: AirflowStack) -> RunTime:
     cpu0 = stack_cpu(st)
     t0 = time.perf_counter()
     run_id = st.trigger(CHAINS)
-    state = st.wait_run(CHAINS, run_id, timeout=RUN_TIMEOUT)
+    state = wait_or_report(st, CHAINS, run_id)
     wall = time.perf_counter() - t0
     time.sleep(SETTLE)  # the last task runners exit after the run's end
     cpu = stack_cpu(st) - cpu0
     run = st.api("GET", f"/dags/{CHAINS}/dagRuns/{run_id}")
-    end = _ts(run["end_date"])
+    end = _ts(run["end_date"]) if run["end_date"] else datetime.now(timezone.utc)
     result = RunTime(
         config,
         (end - _ts(run["start_date"])).total_seconds(),
@@ -351,8 +362,7 @@ def warm_up(stacks: Mapping[str, AirflowStack]) -> None:
     """One uncounted run per stack, all at once: the first run after a start costs more."""
     runs = {config: st.trigger(CHAINS) for config, st in stacks.items()}
     for config, run_id in runs.items():
-        state = stacks[config].wait_run(CHAINS, run_id, timeout=RUN_TIMEOUT)
-        say(f"dag: {config} warm-up run {state}")
+        say(f"dag: {config} warm-up run {wait_or_report(stacks[config], CHAINS, run_id)}")
 
 
 def _check_plugin_presence(stacks: dict[str, AirflowStack]) -> None:
@@ -386,7 +396,8 @@ def report_dag(results: list[RunTime]) -> None:
             if field == "run_duration" and other == "plugin":
                 ok = "PASS" if ratio <= DAG_RATIO_TARGET else "FAIL"
                 verdict = f"TARGET: run_duration ratio <= {DAG_RATIO_TARGET:.2f}: {ratio:.3f} {ok}"
-    states = sorted({r.state for r in results})
+    states = sorted({f"{r.config} {r.state}" for r in results if r.state != "success"})
+    states = states or ["all success"]
     print(verdict + f"  (run states: {', '.join(states)})")
 
 

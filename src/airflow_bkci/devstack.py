@@ -295,6 +295,9 @@ class AirflowStack:
             ("dag_processor", "min_file_process_interval"): "10",
             ("dag_processor", "print_stats_interval"): "300",
             ("scheduler", "scheduler_idle_sleep_time"): "0.5",
+            # Two busy cores can stall the API server for seconds; the default 5 s
+            # would fail tasks for reasons that have nothing to do with them.
+            ("workers", "execution_api_timeout"): "30",
             ("bkci", "store_url"): f"sqlite:///{self.home / 'bkci' / 'status.db'}",
         }
         if is_postgres(self.backend):

@@ -10,7 +10,14 @@ import pytest
 from airflow_bkci.devstack import AirflowStack
 from airflow_bkci.model.event import build_id_for
 from airflow_bkci.store import Store
-from tests.integration.truth import airflow_truth, tasks_of, wait_agreement
+from tests.integration.truth import (
+    RETRY_STEPS,
+    airflow_truth,
+    steps,
+    tasks_of,
+    tried_times,
+    wait_agreement,
+)
 
 ExampleRuns = dict[str, tuple[str, str]]
 
@@ -48,22 +55,15 @@ def test_retry_history_holds_every_try_with_real_times(examples, store):
     run_id, _ = runs["bkci_retry"]
     wait_agreement(store, stack.db_url, "bkci_retry", run_id)
     history = store.history(build_id_for("bkci_retry", run_id), "flaky")
-    steps = [(t.try_number, t.to_status.value) for t in history if t.detail != "pending"]
-    assert steps == [
-        (1, "QUEUE"),
-        (1, "PREPARE_ENV"),
-        (1, "RUNNING"),
-        (1, "RETRY"),
-        (2, "QUEUE"),
-        (2, "PREPARE_ENV"),
-        (2, "RUNNING"),
-        (2, "SUCCEED"),
-    ]
+    assert steps(store, build_id_for("bkci_retry", run_id), "flaky") == RETRY_STEPS
     times = [t.at for t in history if t.detail != "pending"]
     assert times == sorted(times), "history times follow the order of the states"
     _, truth = airflow_truth(stack.db_url, "bkci_retry", run_id)
     flaky = next(t for t in truth if t.node_id == "flaky")
     assert history[-1].at == flaky.end_date
+    first_try = tried_times(stack.db_url, "bkci_retry", run_id, "flaky", 1)
+    by_step = {(t.try_number, t.to_status.value): t.at for t in history}
+    assert (by_step[1, "RUNNING"], by_step[1, "RETRY"]) == first_try
 
 
 def test_branch_mapping_and_deferral_shapes(examples, store):
@@ -108,3 +108,22 @@ def test_cleared_run_shows_the_new_attempt(examples, store):
     started = [t.at for t in store.history(build_id, "deploy") if t.to_status.value == "RUNNING"]
     assert len(started) == 2 and started[0] < started[1]
     assert isinstance(started[0], datetime)
+
+
+def test_manual_mark_success_in_the_api_overrides_the_failure(examples, store):
+    stack, _ = examples
+    run_id = stack.trigger("bkci_failure")
+    assert stack.wait_run("bkci_failure", run_id, timeout=180) == "failed"
+    wait_agreement(store, stack.db_url, "bkci_failure", run_id)
+    stack.api(
+        "PATCH",
+        f"/dags/bkci_failure/dagRuns/{run_id}/taskInstances/deploy",
+        json={"new_state": "success"},
+    )
+    tree = wait_agreement(store, stack.db_url, "bkci_failure", run_id)
+    assert tasks_of(tree)["deploy"]["status"] == "SUCCEED"
+    steps = [
+        (t.try_number, t.to_status.value)
+        for t in store.history(build_id_for("bkci_failure", run_id), "deploy")
+    ]
+    assert steps[-2:] == [(1, "FAILED"), (1, "SUCCEED")], steps

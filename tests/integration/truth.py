@@ -116,3 +116,44 @@ def wait_agreement(
         if time.monotonic() > deadline:
             raise AssertionError(f"{dag_id}/{run_id}: store disagrees with Airflow: {problems}")
         time.sleep(0.5)
+
+
+RETRY_STEPS = [
+    (1, "QUEUE"),
+    (1, "PREPARE_ENV"),
+    (1, "RUNNING"),
+    (1, "RETRY"),
+    (2, "QUEUE"),
+    (2, "PREPARE_ENV"),
+    (2, "RUNNING"),
+    (2, "SUCCEED"),
+]
+"""The history of bkci_retry's ``flaky`` task: one failed try, then success."""
+
+
+def steps(store: Store, build_id: str, node_id: str) -> list[tuple[int, str]]:
+    """(try, status) of a node's history, without the 'pending' wait before a try."""
+    return [
+        (t.try_number, t.to_status.value)
+        for t in store.history(build_id, node_id)
+        if t.detail != "pending"
+    ]
+
+
+def tried_times(
+    db_url: str, dag_id: str, run_id: str, task_id: str, try_number: int
+) -> tuple[datetime | None, datetime | None]:
+    """(start, end) of an earlier try, from Airflow's task_instance_history."""
+    engine = create_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            row = conn.execute(
+                text(
+                    "SELECT start_date, end_date FROM task_instance_history WHERE dag_id=:d "
+                    "AND run_id=:r AND task_id=:t AND try_number=:n"
+                ),
+                {"d": dag_id, "r": run_id, "t": task_id, "n": try_number},
+            ).one()
+    finally:
+        engine.dispose()
+    return _aware(row[0]), _aware(row[1])
