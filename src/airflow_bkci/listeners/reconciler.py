@@ -20,6 +20,7 @@ from typing import Any
 from sqlalchemy import Engine, and_, create_engine, or_, select
 from sqlalchemy.orm import Session
 
+from airflow_bkci.listeners.forksafe import sqlite_section
 from airflow_bkci.listeners.observer import NEVER_RAN, Observer, observe_all
 from airflow_bkci.listeners.rows import RunRow, TaskRow
 from airflow_bkci.listeners.sink import EventSink
@@ -75,7 +76,7 @@ class AirflowReader:
             .outerjoin(DagRunNote, DagRunNote.dag_run_id == DagRun.id)
             .where(wanted)
         )
-        with Session(self.engine) as session:
+        with sqlite_section(self.engine.url), Session(self.engine) as session:
             return [
                 RunRow(
                     r[0],
@@ -104,7 +105,7 @@ class AirflowReader:
         for run in runs:
             by_dag.setdefault(run.dag_id, []).append(run.run_id)
         rows: list[TaskRow] = []
-        with Session(self.engine) as session:
+        with sqlite_section(self.engine.url), Session(self.engine) as session:
             for dag_id, run_ids in by_dag.items():
                 for start in range(0, len(run_ids), 500):
                     chunk = run_ids[start : start + 500]
@@ -164,7 +165,7 @@ class AirflowReader:
             )
             .order_by(TIH.try_number)
         )
-        with Session(self.engine) as session:
+        with sqlite_section(self.engine.url), Session(self.engine) as session:
             return [_task_row(r, False) for r in session.execute(stmt)]
 
     def layout(self, run: RunRow) -> dict[str, TaskPlace]:
@@ -174,7 +175,7 @@ class AirflowReader:
         cached = self._layouts.get(key)
         if cached is not None:
             return cached
-        with Session(self.engine) as session:
+        with sqlite_section(self.engine.url), Session(self.engine) as session:
             if run.dag_version_id:
                 model = session.scalar(select(SDM).where(SDM.dag_version_id == run.dag_version_id))
             else:

@@ -20,6 +20,7 @@ from sqlalchemy import event as sa_event
 from sqlalchemy.orm import Session, object_session
 
 from airflow_bkci import conf
+from airflow_bkci.listeners.forksafe import sqlite_section
 from airflow_bkci.listeners.observer import Observer, default_source
 from airflow_bkci.listeners.reconciler import AirflowReader, Reconciler
 from airflow_bkci.listeners.rows import RunRow, TaskRow
@@ -43,7 +44,8 @@ def open_store() -> Any:
 def _unfinished_builds() -> list[tuple[str, str]]:
     from airflow_bkci.model.status import BuildStatus
 
-    store = open_store()
+    with sqlite_section("sqlite"):  # the store's kind is not known before opening it
+        store = open_store()
     try:
         builds = store.builds(status=[BuildStatus(s) for s in _UNFINISHED], limit=500)
         return [(b["pipeline_id"], b["run_id"]) for b in builds]
@@ -190,7 +192,9 @@ class ServerListener:
     @hookimpl
     def on_starting(self, component: Any) -> None:
         try:
-            if conf.enabled() and type(component).__name__ == "Job":
+            # The class check first: task runners call this too, and reading
+            # Airflow's config there costs milliseconds.
+            if type(component).__name__ == "Job" and conf.enabled():
                 collector().start_reconciler_when_scheduler(component)
         except Exception:
             log.warning("bkci: on_starting failed", exc_info=True)

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable
 
 from tenacity import wait_exponential_jitter
 
+from airflow_bkci.listeners.forksafe import sqlite_section
 from airflow_bkci.model.event import StatusEvent
 from airflow_bkci.spool.forwarder import backoff_delay
 
@@ -80,6 +81,11 @@ class EventSink:
         self._ensure_thread()
         self._wake.set()
 
+    def _store_url(self) -> object:
+        engine = getattr(self._store, "engine", None)
+        # Before the store is open its URL is unknown: guard the opening too.
+        return engine.url if engine is not None else "sqlite"
+
     def pending(self) -> int:
         with self._lock:
             return len(self._queue)
@@ -124,9 +130,10 @@ class EventSink:
                 self._wake.clear()
                 continue
             try:
-                if self._store is None:
-                    self._store = self._store_factory()
-                result = self._store.apply(batch)  # type: ignore[attr-defined]
+                with sqlite_section(self._store_url()):
+                    if self._store is None:
+                        self._store = self._store_factory()
+                    result = self._store.apply(batch)  # type: ignore[attr-defined]
             except Exception as exc:
                 self._give_back(batch)
                 attempt += 1

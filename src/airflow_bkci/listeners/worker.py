@@ -142,6 +142,17 @@ class _Runtime:
         if self.forwarder is not None:
             self.forwarder.notify()
 
+    def warm_up(self) -> None:
+        """Read config, open the spool and start the forwarder ahead of the first hook."""
+        try:
+            if self.enabled is None:
+                self.enabled = bool(self.enabled_check())
+            if self.enabled:
+                with self.lock:
+                    self._ensure_started()
+        except Exception:
+            log.warning("BK-CI worker warm-up failed; the first hook will retry", exc_info=True)
+
     def flush(self) -> None:
         with self.lock:
             forwarder = self.forwarder
@@ -224,8 +235,15 @@ class WorkerListener:
 
     @hookimpl
     def on_starting(self, component: Any) -> None:
-        if type(component).__name__ == TASK_RUNNER_COMPONENT:
-            log.debug("BK-CI worker listener active in task runner %d", os.getpid())
+        if type(component).__name__ != TASK_RUNNER_COMPONENT:
+            return
+        try:
+            # Reading config, opening the spool and starting the forwarder cost a
+            # few ms of CPU; do it beside the runner's own start-up (DAG parsing),
+            # so the first task hook finds everything open.
+            threading.Thread(target=self._rt.warm_up, name="bkci-warm-up", daemon=True).start()
+        except Exception:
+            log.warning("BK-CI worker listener could not start its warm-up", exc_info=True)
 
     @hookimpl
     def on_task_instance_running(self, previous_state: Any, task_instance: Any) -> None:

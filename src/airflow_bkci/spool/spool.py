@@ -77,6 +77,8 @@ class Spool:
                 # Appenders on a hot path leave WAL checkpoints to the forwarder's commits.
                 conn.execute("PRAGMA wal_autocheckpoint=0")
             conn.executescript(_SCHEMA)
+            # Maps the WAL index now, so the first append (a hook) does not pay for it.
+            conn.execute("SELECT 1 FROM spool LIMIT 1").fetchall()
         except BaseException:
             conn.close()
             raise

@@ -254,10 +254,13 @@ def test_hooks_never_raise_when_the_spool_cannot_be_written(
         worker.on_task_instance_failed(previous_state="running", task_instance=ti, error="boom")
         worker.before_stopping(component=TaskRunnerMarker())
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
-    assert [r.getMessage() for r in warnings] == [
+    spooling = [r.getMessage() for r in warnings if "could not spool" in r.getMessage()]
+    assert spooling == [
         "BK-CI worker listener could not spool running for load",
         "BK-CI worker listener could not spool failed for load",
     ]
+    others = {r.getMessage() for r in warnings} - set(spooling)
+    assert others <= {"BK-CI worker warm-up failed; the first hook will retry"}
     assert all(r.exc_info for r in warnings)
 
 
