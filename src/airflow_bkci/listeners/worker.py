@@ -160,7 +160,8 @@ class _Runtime:
                 return
             self.unflushed = False
         timeout = self.flush_timeout()
-        if not forwarder.flush(timeout):
+        if not forwarder.flush(timeout) and not forwarder.failures:
+            # (a failing receiver was reported by the forwarder already)
             log.warning(
                 "BK-CI records could not all be sent before the task runner exits "
                 "(waited at most %.1fs, [bkci] forward_timeout); they stay in %s for the "

@@ -274,10 +274,16 @@ class Forwarder:
     def flush(self, timeout: float) -> bool:
         """Ask for one more pass and wait for it; True when everything claimable was sent.
 
-        Returns False at once when that pass fails (rows stay spooled), and at
-        the latest after ``timeout`` seconds. Never raises.
+        Returns False at once when that pass fails or the receiver is already
+        known to be failing (rows stay spooled), and at the latest after
+        ``timeout`` seconds. Never raises.
         """
         try:
+            if self.failures:
+                # The receiver failed on the last pass and we are backing off:
+                # trying again now would only hold up the task's exit. The rows
+                # stay for the next forwarder on this host or the relay.
+                return False
             self.start()
             end = time.monotonic() + max(0.0, timeout)
             with self._cond:

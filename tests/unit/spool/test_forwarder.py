@@ -296,3 +296,18 @@ def test_relay_forever_backs_off_after_failures(spool: Spool) -> None:
     fwd = forwarder(spool, free_port_url())
     assert relay(False, forwarder=fwd, echo=lambda _: None, sleep=sleep) == 0
     assert len(sleeps) == 3 and spool.pending_count() == 1
+
+
+def test_flush_after_a_failed_pass_does_not_try_again(spool: Spool, receiver: Receiver) -> None:
+    # A task runner's exit must not wait on a receiver that just failed.
+    receiver.status = 500
+    spool.append(record())
+    fwd = forwarder(spool, receiver.url)
+    try:
+        assert fwd.flush(5.0) is False
+        tried = len(receiver.batches) + len(receiver.auth)
+        assert fwd.flush(5.0) is False
+        assert len(receiver.batches) + len(receiver.auth) == tried
+        assert spool.pending_count() == 1
+    finally:
+        fwd.stop()
