@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import requests
+import httpx
 from tenacity import RetryCallState, Retrying, wait_exponential_jitter
 
 from airflow_bkci.exceptions import BkciError, InvalidEvent
@@ -62,7 +62,7 @@ class BatchResult:
         self.rejected_reasons.extend(other.rejected_reasons)
 
 
-def _retry_after(response: requests.Response) -> float | None:
+def _retry_after(response: httpx.Response) -> float | None:
     raw = response.headers.get("Retry-After")
     try:
         return max(0.0, float(raw)) if raw else None
@@ -70,7 +70,7 @@ def _retry_after(response: requests.Response) -> float | None:
         return None  # an HTTP date: fall back to our own backoff
 
 
-def _detail(response: requests.Response) -> str:
+def _detail(response: httpx.Response) -> str:
     try:
         body = response.json()
     except ValueError:
@@ -100,16 +100,18 @@ class Forwarder:
         read_timeout: float = 5.0,
         wait: WaitStrategy = DEFAULT_WAIT,
         idle_interval: float = 5.0,
-        session: requests.Session | None = None,
+        session: httpx.Client | None = None,
     ) -> None:
         self.spool = spool
         self.url = url
         self._secret = secret
         self.batch_size = max(1, int(batch_size))
-        self.timeouts = (connect_timeout, read_timeout)
+        self.timeouts = httpx.Timeout(read_timeout, connect=connect_timeout)
         self.wait = wait
         self.idle_interval = idle_interval
-        self._session = session or requests.Session()
+        # httpx, not requests: the Task SDK has imported it already, so a task
+        # runner's forwarder costs no import of its own.
+        self._session = session or httpx.Client()
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
         self._stopping = False
@@ -181,7 +183,7 @@ class Forwarder:
                 headers={"Authorization": f"Bearer {self._secret}"},
                 timeout=self.timeouts,
             )
-        except requests.RequestException as exc:
+        except httpx.HTTPError as exc:
             self.spool.release(ids)
             result.error = f"{type(exc).__name__}: {exc}"
             return result
@@ -208,7 +210,7 @@ class Forwarder:
         log.warning("BK-CI spool row %d quarantined in %s: %s", row_id, self.spool.path, reason)
 
     def _handle_response(
-        self, response: requests.Response, ids: list[int], result: BatchResult
+        self, response: httpx.Response, ids: list[int], result: BatchResult
     ) -> None:
         status = response.status_code
         if 200 <= status < 300:
@@ -238,7 +240,7 @@ class Forwarder:
                 result.retry_after = _retry_after(response)
 
     @staticmethod
-    def _rejected_indexes(response: requests.Response, count: int) -> dict[int, str]:
+    def _rejected_indexes(response: httpx.Response, count: int) -> dict[int, str]:
         try:
             body = response.json()
         except ValueError:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import sqlite3
+import time
 from datetime import date, datetime
 from enum import Enum
 from typing import Any
@@ -48,6 +50,24 @@ def create_store_engine(url: str | URL) -> Engine:
     return create_engine(parsed, json_serializer=dumps, pool_pre_ping=True)
 
 
+def _set_wal(cursor: Any, attempts: int = 50) -> None:
+    """Switch to WAL, waiting out other connections.
+
+    Changing the journal mode needs the database to itself and SQLite does not
+    run the busy handler for it: processes that open a new store at the same
+    moment (scheduler and API server starting together) would otherwise fail
+    with "database is locked".
+    """
+    for attempt in range(attempts):
+        try:
+            cursor.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(0.02 * (attempt + 1))
+
+
 def _serialise_sqlite_writers(engine: Engine) -> None:
     """WAL, a long busy timeout, and BEGIN IMMEDIATE for writers.
 
@@ -63,7 +83,7 @@ def _serialise_sqlite_writers(engine: Engine) -> None:
         cursor = dbapi_connection.cursor()
         try:
             cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
-            cursor.execute("PRAGMA journal_mode = WAL")
+            _set_wal(cursor)
             cursor.execute("PRAGMA synchronous = NORMAL")
             cursor.execute("PRAGMA foreign_keys = ON")
         finally:

@@ -281,7 +281,7 @@ def test_relay_once_fails_when_the_receiver_is_down(spool: Spool) -> None:
     lines: list[str] = []
     assert relay(True, forwarder=forwarder(spool, free_port_url()), echo=lines.append) == 1
     assert spool.pending_count() == 1
-    assert "send failed: ConnectionError" in lines[-1]
+    assert "send failed: ConnectError" in lines[-1]
 
 
 def test_relay_forever_backs_off_after_failures(spool: Spool) -> None:
