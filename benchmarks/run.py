@@ -413,6 +413,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--with-disabled", action="store_true", help="also a stack with [bkci] enabled=False"
     )
+    parser.add_argument("--skip-latency", action="store_true", help="skip part 3")
     parser.add_argument("--keep", action="store_true", help="keep the stacks' homes")
     args = parser.parse_args(argv)
     reps = args.reps or (2 if args.quick else 3)
@@ -421,6 +422,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         part_hooks(args.keep)
     if not args.skip_dag:
         part_dag(reps, args.keep, args.with_disabled)
+    if not args.skip_latency:
+        from latency import part_latency  # benchmarks/ is on sys.path as the script's folder
+
+        part_latency(args.keep, say)
     say(f"done in {time.monotonic() - t0:.0f} s")
     return 0
 

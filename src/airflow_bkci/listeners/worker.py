@@ -139,8 +139,10 @@ class _Runtime:
             record.update(self._stamp())
             spool.append(record)
             self.unflushed = True
-        if self.forwarder is not None:
-            self.forwarder.notify()
+        # No wake-up of the forwarder here: sending while the task runs would
+        # compete with the task and with the next hook for the GIL. Records go
+        # on the forwarder's idle timer and, at the latest, in one batch at
+        # before_stopping.
 
     def warm_up(self) -> None:
         """Read config, open the spool and start the forwarder ahead of the first hook."""
