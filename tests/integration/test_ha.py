@@ -50,7 +50,10 @@ def test_second_scheduler_duplicates_nothing(pg_stack):
             )
         ).all()
         rows = conn.execute(
-            text("SELECT build_id, node_id, try_number, to_status, detail FROM bkci_transition")
+            text(
+                "SELECT build_id, node_id, clear_number, try_number, to_status, detail "
+                "FROM bkci_transition"
+            )
         ).all()
     for dag_id in ("bkci_stages", "bkci_retry"):
         nums = sorted(n for d, n in numbers if d == dag_id)
