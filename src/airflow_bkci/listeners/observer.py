@@ -51,6 +51,18 @@ def effective_try(row: TaskRow) -> int:
     return max(row.try_number, 1)
 
 
+def history_state(old: TaskRow) -> str | None:
+    """The state an earlier try really ended in.
+
+    task_instance_history stores ``failed`` for a try that ended up_for_retry
+    (up_for_retry is not a "finished" state to Airflow); a failed try with
+    tries left was a retry.
+    """
+    if old.state == "failed" and old.max_tries is not None and old.try_number <= old.max_tries:
+        return "up_for_retry"
+    return old.state
+
+
 @dataclass(slots=True)
 class _Seen:
     signature: tuple[Any, ...]
@@ -279,7 +291,7 @@ class Observer:
         for old in history(row, try_number):
             if not done_below <= old.try_number < try_number:
                 continue
-            mapped = map_task_state(old.state)
+            mapped = map_task_state(history_state(old))
             rank = mapped.rank if mapped.rank is Rank.FINISHED else Rank.FINISHED
             status = mapped.status if mapped.rank is Rank.FINISHED else BuildStatus.FAILED
             node = NodeRef(row.dag_id, row.run_id, row.task_id, row.map_index)

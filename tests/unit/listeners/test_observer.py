@@ -84,7 +84,7 @@ def test_unchanged_row_emits_nothing_and_changes_emit_once():
 def test_earlier_tries_come_from_history_when_missed():
     old = replace(
         TASK,
-        state="up_for_retry",
+        state="failed",  # what task_instance_history keeps for a try that was retried
         try_number=1,
         scheduled_dttm=at(1),
         queued_dttm=at(1.1),
@@ -190,3 +190,21 @@ def test_cleared_task_that_ends_without_running_takes_the_new_try():
     )
     state = fold(events)
     assert state.status is BuildStatus.UNEXEC and state.key.try_number == 2
+
+
+def test_history_keeps_a_real_failure_that_was_cleared():
+    failed = replace(
+        TASK,
+        state="failed",
+        try_number=1,
+        max_tries=0,
+        start_date=at(1),
+        end_date=at(2),
+        hostname="w",
+    )
+    now = replace(TASK, state="running", try_number=2, max_tries=1, start_date=at(5), hostname="w")
+    events = Observer("s").observe_task(now, 1, None, history=lambda row, below: [failed])
+    assert [(e.try_number, e.status) for e in events if e.try_number == 1][-1] == (
+        1,
+        BuildStatus.FAILED,
+    )
