@@ -361,6 +361,17 @@ class AirflowStack:
     def log_path(self, component: str) -> Path:
         return self.home / "logs" / f"{component}.log"
 
+    def kill(self, component: str) -> None:
+        """SIGKILL one component and its children, as a crash would (fault tests)."""
+        proc = self._procs.pop(component)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+
+    def restart(self, component: str) -> None:
+        """Start a component again after :meth:`kill`."""
+        self._spawn(component)
+
     def check_alive(self) -> None:
         """Raise StackError with the log tail if a component has exited."""
         for name, proc in self._procs.items():

@@ -52,6 +52,8 @@ def _stack(home: Path, backend: str) -> Iterator[AirflowStack]:
         store = TcpProxy(url.host or "127.0.0.1", url.port or 5432)
         store_url = url.set(drivername="postgresql+psycopg", host="127.0.0.1", port=store.port)
         stack.configure("bkci", "store_url", store_url.render_as_string(hide_password=False))
+        # short, so a fault test can outlast it (see test_faults)
+        stack.configure("bkci", "recent_window", "3")
     t0 = time.monotonic()
     try:
         with stack:

@@ -145,3 +145,28 @@ def test_store_down_for_a_while_loses_nothing(pg_stack):
     retry_build = build_id_for("bkci_retry", runs["bkci_retry"])
     assert steps(store, retry_build, "flaky") == RETRY_STEPS
     store.dispose()
+
+
+@pytest.mark.postgres
+def test_scheduler_killed_while_the_store_is_down_loses_nothing(pg_stack):
+    # The sink's memory dies with the scheduler; the new scheduler's reconciler
+    # must find the run again from where the store left off.
+    stack = pg_stack
+    proxy = stack.faults.store_proxy
+    proxy.cut()
+    try:
+        run_id = stack.trigger("bkci_stages")
+        assert stack.wait_run("bkci_stages", run_id, timeout=180) == "success"
+        stack.kill("scheduler")
+        # down for longer than [bkci] recent_window (3 s on this stack): only the
+        # store's own record of where it left off can bring the run back
+        time.sleep(8)
+        stack.restart("scheduler")
+        time.sleep(5)  # the new reconciler runs its first passes with the store still away
+    finally:
+        proxy.restore()
+    store = Store(stack.store_url)
+    store.migrate()  # a fresh stack's store may not have its tables yet
+    tree = wait_agreement(store, stack.db_url, "bkci_stages", run_id, timeout=120)
+    assert tree["status"] == "SUCCEED"
+    store.dispose()

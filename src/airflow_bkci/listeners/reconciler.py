@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -29,7 +29,16 @@ from airflow_bkci.model.layout import TaskPlace, dag_layout
 
 log = logging.getLogger(__name__)
 
-UnfinishedBuilds = Callable[[], Sequence[tuple[str, str]]]
+
+@dataclass(frozen=True)
+class CatchUp:
+    """Where the store left off: builds it has as unfinished, and its last change."""
+
+    unfinished: Sequence[tuple[str, str]]
+    last_update: datetime | None
+
+
+CatchUpReader = Callable[[], CatchUp]
 
 
 class AirflowReader:
@@ -256,14 +265,14 @@ class Reconciler:
         interval: float,
         window: float,
         source: str,
-        unfinished: UnfinishedBuilds | None = None,
+        catch_up: CatchUpReader | None = None,
     ) -> None:
         self.reader = reader
         self.sink = sink
         self.interval = interval
         self.window = timedelta(seconds=window)
         self.observer = Observer(source)
-        self.unfinished = unfinished
+        self.catch_up = catch_up
         self._last_ok: datetime | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -283,20 +292,41 @@ class Reconciler:
             self._thread.join(timeout)
 
     def _run(self) -> None:
-        catch_up: Sequence[tuple[str, str]] = ()
-        if self.unfinished is not None:
-            try:
-                catch_up = self.unfinished()
-            except Exception:
-                log.warning("bkci: could not read unfinished builds from the store", exc_info=True)
+        # Until the store has told where it left off, every pass asks again:
+        # runs that ended while it was away (and before a restart of ours)
+        # would otherwise fall out of the recent window unseen.
+        pending_catch_up = self.catch_up is not None
+        extra: Sequence[tuple[str, str]] = ()
         while not self._stop.is_set():
             started = time.monotonic()
+            if pending_catch_up:
+                extra, pending_catch_up = self._read_catch_up()
             try:
-                self.poll_once(catch_up)
-                catch_up = ()
+                self.poll_once(extra)
+                extra = ()
             except Exception:
                 log.warning("bkci: reconcile pass failed; retrying", exc_info=True)
             self._stop.wait(max(0.05, self.interval - (time.monotonic() - started)))
+
+    def _read_catch_up(self) -> tuple[Sequence[tuple[str, str]], bool]:
+        assert self.catch_up is not None
+        try:
+            known = self.catch_up()
+        except Exception as exc:
+            log.warning("bkci: status store not reachable to catch up (%s); asking again", exc)
+            return (), True
+        if known.last_update is not None:
+            # The next pass reads every run that ended since the store last
+            # changed, however long ago (a window from our own passes would
+            # not reach back across an outage that spanned our restart).
+            since = known.last_update
+            self._last_ok = since if self._last_ok is None else min(self._last_ok, since)
+        log.info(
+            "bkci: catching up since %s with %d unfinished builds",
+            self._last_ok,
+            len(known.unfinished),
+        )
+        return known.unfinished, False
 
     def poll_once(self, extra: Sequence[tuple[str, str]] = ()) -> int:
         """One pass; returns the number of events handed to the sink."""

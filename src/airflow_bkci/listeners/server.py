@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session, object_session
 from airflow_bkci import conf
 from airflow_bkci.listeners.forksafe import sqlite_section
 from airflow_bkci.listeners.observer import Observer, default_source
-from airflow_bkci.listeners.reconciler import AirflowReader, Reconciler
+from airflow_bkci.listeners.reconciler import AirflowReader, CatchUp, Reconciler
 from airflow_bkci.listeners.rows import RunRow, TaskRow
 from airflow_bkci.listeners.sink import EventSink
 from airflow_bkci.model.event import AUTHORITATIVE_SOURCE, StatusEvent
@@ -41,14 +41,15 @@ def open_store() -> Any:
     return store
 
 
-def _unfinished_builds() -> list[tuple[str, str]]:
+def _catch_up() -> CatchUp:
+    """What the store knew last: its unfinished builds and when it last changed."""
     from airflow_bkci.model.status import BuildStatus
 
     with sqlite_section("sqlite"):  # the store's kind is not known before opening it
         store = open_store()
     try:
         builds = store.builds(status=[BuildStatus(s) for s in _UNFINISHED], limit=500)
-        return [(b["pipeline_id"], b["run_id"]) for b in builds]
+        return CatchUp([(b["pipeline_id"], b["run_id"]) for b in builds], store.last_update())
     finally:
         store.dispose()
 
@@ -157,7 +158,7 @@ class ServerCollector:
                 interval=conf.reconcile_interval(),
                 window=conf.recent_window(),
                 source=default_source(AUTHORITATIVE_SOURCE.rstrip("@")),
-                unfinished=_unfinished_builds,
+                catch_up=_catch_up,
             )
             self.reconciler.start()
             log.info("bkci: reconciler started (every %.1fs)", self.reconciler.interval)

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, func, select
 
 from airflow_bkci.model.fsm import Decision, NodeState
 from airflow_bkci.model.status import BuildStatus
@@ -60,6 +60,16 @@ def builds(
     stmt = stmt.order_by(B.run_after.desc(), B.build_num.desc(), B.build_id)
     stmt = stmt.limit(limit).offset(offset)
     return [_summary(row._mapping) for row in conn.execute(stmt)]
+
+
+def last_update(conn: Connection) -> datetime | None:
+    """When the store last changed a build (None for an empty store)."""
+    value = conn.execute(select(func.max(B.updated_at))).scalar()
+    if isinstance(value, str):  # SQLite without the type's processor on an aggregate
+        value = datetime.fromisoformat(value)
+    if value is not None and value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    return value
 
 
 def _summary(row: Any) -> dict[str, Any]:

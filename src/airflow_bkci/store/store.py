@@ -98,6 +98,11 @@ class Store:
                 conn, dag_id, status=status, since=since, until=until, limit=limit, offset=offset
             )
 
+    def last_update(self) -> datetime | None:
+        """When a build last changed here: the reconciler catches up from there."""
+        with self._read() as conn:
+            return queries.last_update(conn)
+
     def history(self, build_id: str, node_id: str = "") -> list[Transition]:
         with self._read() as conn:
             return queries.history(conn, build_id, node_id)
