@@ -22,6 +22,7 @@ from airflow_bkci.model.event import StatusEvent
 from airflow_bkci.model.status import BuildStatus
 from airflow_bkci.spool.forwarder import Forwarder
 from airflow_bkci.spool.spool import Spool
+from tests.records import worker_record
 
 with warnings.catch_warnings():
     # Starlette 1.x warns when its TestClient falls back to httpx (it wants httpx2).
@@ -70,19 +71,7 @@ def client(store: FakeStore) -> TestClient:
 
 
 def record(task_id: str = "t", **extra: Any) -> dict[str, Any]:
-    return {
-        "dag_id": "etl",
-        "run_id": "r1",
-        "task_id": task_id,
-        "map_index": -1,
-        "try_number": 1,
-        "clear_number": 0,
-        "state": "success",
-        "source": "worker@h:1",
-        "seq": 1,
-        "at": "2026-01-01T00:00:00+00:00",
-        **extra,
-    }
+    return worker_record(task_id, **{"state": "success", **extra})
 
 
 @pytest.mark.parametrize(

@@ -17,6 +17,7 @@ import pytest
 from airflow_bkci.spool.forwarder import DEFAULT_WAIT, Forwarder, backoff_delay
 from airflow_bkci.spool.relay import relay
 from airflow_bkci.spool.spool import Spool
+from tests.records import worker_record
 
 SECRET = "s3cret"
 
@@ -103,20 +104,7 @@ def spool(tmp_path: Path) -> Iterator[Spool]:
     s.close()
 
 
-def record(task_id: str = "t", seq: int = 1, **extra: Any) -> dict[str, Any]:
-    return {
-        "dag_id": "etl",
-        "run_id": "r1",
-        "task_id": task_id,
-        "map_index": -1,
-        "try_number": 1,
-        "clear_number": 0,
-        "state": "running",
-        "source": "worker@h:1",
-        "seq": seq,
-        "at": "2026-01-01T00:00:00+00:00",
-        **extra,
-    }
+record = worker_record
 
 
 def forwarder(spool: Spool, url: str, **kwargs: Any) -> Forwarder:
