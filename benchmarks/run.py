@@ -414,6 +414,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--with-disabled", action="store_true", help="also a stack with [bkci] enabled=False"
     )
     parser.add_argument("--skip-latency", action="store_true", help="skip part 3")
+    parser.add_argument(
+        "--burst", action="store_true", help="part 3: start the DAGs at once, not one by one"
+    )
+    parser.add_argument("--skip-diff", action="store_true", help="skip diff.py")
+    parser.add_argument("--skip-delivery", action="store_true", help="skip delivery.py")
     parser.add_argument("--keep", action="store_true", help="keep the stacks' homes")
     args = parser.parse_args(argv)
     reps = args.reps or (2 if args.quick else 3)
@@ -425,7 +430,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.skip_latency:
         from latency import part_latency  # benchmarks/ is on sys.path as the script's folder
 
-        part_latency(args.keep, say)
+        part_latency(args.keep, say, burst=args.burst)
+    # benchmarks/ is on sys.path as the script's folder
+    if not args.skip_diff:
+        import diff
+
+        print("\nDIFF: diff_documents against jsonpatch.make_patch (benchmarks/diff.py)")
+        diff.main([])
+    if not args.skip_delivery:
+        import delivery
+
+        print("\nDELIVERY: bytes and dispatcher throughput (benchmarks/delivery.py)")
+        delivery.main(["--reps", "1" if args.quick else "3"])
     say(f"done in {time.monotonic() - t0:.0f} s")
     return 0
 

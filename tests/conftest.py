@@ -6,6 +6,8 @@ import os
 
 from hypothesis import HealthCheck, settings
 
+from tests.webhook import receivers  # noqa: F401 - a fixture for every test
+
 # CI runs are reproducible (derandomize) and never flaky on a slow runner
 # (no deadline); a failure prints the blob that replays it with @reproduce_failure.
 settings.register_profile(

@@ -6,6 +6,7 @@ import contextlib
 import selectors
 import socket
 import threading
+from collections.abc import Callable
 
 
 class TcpProxy:
@@ -80,3 +81,20 @@ class TcpProxy:
             with self._lock:
                 if (a, b) in self._pairs:
                     self._pairs.remove((a, b))
+
+
+def tcp_server(handle: Callable[[socket.socket], None]) -> socket.socket:
+    """A local TCP server calling ``handle`` on each connection; close() the result to stop."""
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            with conn:
+                handle(conn)
+
+    threading.Thread(target=serve, daemon=True).start()
+    return server

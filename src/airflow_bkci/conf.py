@@ -84,7 +84,7 @@ def _float(option: str, default: float) -> float:
 
 
 def reconcile_interval() -> float:
-    return _float("reconcile_interval", 1.0)
+    return _float("reconcile_interval", 0.5)
 
 
 def recent_window() -> float:
@@ -97,3 +97,61 @@ def forward_timeout() -> float:
 
 def forward_batch_size() -> int:
     return int(_float("forward_batch_size", 200))
+
+
+def webhook_conn_ids() -> list[str]:
+    return [c.strip() for c in _get("webhook_conn_ids").split(",") if c.strip()]
+
+
+def record_events_to() -> str | None:
+    """Where the store appends every batch it applies (``[bkci] record_events_to``), or None."""
+    return _get("record_events_to").strip() or None
+
+
+DISPATCH_PLACES = ("scheduler", "api-server")
+
+
+def dispatch_in() -> frozenset[str]:
+    """Where the outbox dispatcher runs (``[bkci] dispatch_in``)."""
+    raw = str(_conf().get(SECTION, "dispatch_in", fallback="scheduler") or "")
+    places = frozenset(p.strip() for p in raw.split(",") if p.strip())
+    unknown = places - set(DISPATCH_PLACES)
+    if unknown:
+        raise ConfigError(
+            f"[bkci] dispatch_in names {', '.join(sorted(unknown))}: use a comma-separated "
+            f"list of {', '.join(DISPATCH_PLACES)} (or leave it empty for none)."
+        )
+    return places
+
+
+def event_source() -> str:
+    return _get("event_source") or "/airflow-bkci"
+
+
+def dispatch_batch_size() -> int:
+    return max(1, int(_float("dispatch_batch_size", 100)))
+
+
+def dispatch_batch_wait() -> float:
+    return max(0.0, _float("dispatch_batch_wait", 0.05))
+
+
+def snapshot_threshold() -> int:
+    return max(1, int(_float("snapshot_threshold", 200)))
+
+
+def retry_schedule() -> tuple[float, ...]:
+    raw = _get("retry_schedule") or "5,300,1800,7200,18000,36000,36000"
+    try:
+        steps = tuple(float(x) for x in raw.split(",") if x.strip())
+    except ValueError as exc:
+        raise ConfigError(
+            f"[bkci] retry_schedule={raw!r} is not a list of seconds; use e.g. 5,300,1800"
+        ) from exc
+    if not steps or any(s < 0 for s in steps):
+        raise ConfigError(f"[bkci] retry_schedule={raw!r} needs one or more seconds >= 0")
+    return steps
+
+
+def outbox_retention_days() -> float:
+    return _float("outbox_retention_days", 7.0)

@@ -506,6 +506,34 @@ class AirflowStack:
         body = {"dry_run": False, "only_failed": only_failed}
         self.api("POST", f"/dags/{dag_id}/dagRuns/{run_id}/clear", json=body)
 
+    def explain_run(self, dag_id: str, run_id: str, lines: int = 25) -> str:
+        """Each task's state and, for one that did not succeed, the tail of its logs.
+
+        What a failing test prints, so a run that ended wrong on a CI machine can be
+        understood without the machine.
+        """
+        out = [f"{dag_id}/{run_id} is {self.run_state(dag_id, run_id)}:"]
+        run_dir = self.home / "logs" / f"dag_id={dag_id}" / f"run_id={run_id}"
+        for ti in self.task_instances(dag_id, run_id):
+            out.append(
+                f"- {ti['task_id']}[{ti['map_index']}] try {ti['try_number']}: {ti['state']}"
+            )
+            if ti["state"] in ("success", "skipped"):
+                continue
+            task_dir = run_dir / f"task_id={ti['task_id']}"
+            if ti["map_index"] >= 0:
+                task_dir /= f"map_index={ti['map_index']}"
+            for log in sorted(task_dir.glob("attempt=*")):
+                out.append(tail(log, lines))
+        # The scheduler's own word on the run: executor events, state mismatches.
+        said = [
+            line
+            for line in self.log_path("scheduler").read_text(errors="replace").splitlines()
+            if run_id in line and ("executor" in line.lower() or "mismatch" in line)
+        ]
+        out += [f"  scheduler.log| {line}" for line in said[-lines:]]
+        return "\n".join(out)
+
     def task_instances(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
         """Every task instance of the run (mapped ones included), across pages."""
         items: list[dict[str, Any]] = []

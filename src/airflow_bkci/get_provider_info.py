@@ -55,10 +55,11 @@ OPTIONS: dict[str, dict[str, Any]] = {
         sensitive=True,
     ),
     "reconcile_interval": _option(
-        "Seconds between two reads of Airflow's database by the scheduler-side reconciler.",
+        "Seconds between two reads of Airflow's database by the scheduler-side reconciler "
+        "(it bounds how soon a state that no hook reports is seen).",
         "float",
-        "1.0",
         "0.5",
+        "2.0",
     ),
     "recent_window": _option(
         "Runs that ended less than this many seconds before the last successful "
@@ -76,6 +77,66 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "forward_batch_size": _option(
         "Records per request from the spool forwarder.", "integer", "200", "500"
     ),
+    "webhook_conn_ids": _option(
+        "Comma-separated ids of Airflow connections of type bkci_webhook: each one is "
+        "an endpoint that gets every build's change sets. Host: the full URL; password: "
+        'the whsec_ secret; extra: {"pipelines": [globs], "event_types": [types], '
+        '"timeout": seconds}. Empty: no webhooks.',
+        "string",
+        "",
+        "bkci_ops_hook,bkci_dashboard",
+    ),
+    "event_source": _option(
+        "The CloudEvents source of every event this deployment sends (keep it stable: "
+        "with the event id it is the consumers' idempotency key).",
+        "string",
+        "/airflow-bkci",
+        "//airflow.example.com/bkci",
+    ),
+    "record_events_to": _option(
+        "Append every batch of status events the store applies to this JSON Lines file "
+        "(empty: off). For a bug report: `airflow-bkci replay-events FILE` rebuilds the "
+        "same builds and change sets in another store. Grows without bound; turn it off after.",
+        "string",
+        "",
+        "/tmp/bkci-events.jsonl",
+    ),
+    "dispatch_in": _option(
+        "Where the outbox dispatcher runs, comma-separated: scheduler, api-server (each API "
+        "server worker runs one). Several dispatchers share the lanes safely; "
+        "``airflow-bkci relay --dispatch`` runs one anywhere else.",
+        "string",
+        "scheduler",
+        "scheduler,api-server",
+    ),
+    "dispatch_batch_size": _option(
+        "Most events per request to one endpoint.", "integer", "100", "500"
+    ),
+    "dispatch_batch_wait": _option(
+        "Seconds the dispatcher waits after a busy pass for more change sets to batch.",
+        "float",
+        "0.05",
+        "0.2",
+    ),
+    "snapshot_threshold": _option(
+        "A lane further behind than this many change sets gets one snapshot instead.",
+        "integer",
+        "200",
+        "50",
+    ),
+    "retry_schedule": _option(
+        "Seconds before each retry of a failing delivery (up to 10 % jitter); after the "
+        "last one the change sets become dead letters and the build gets a snapshot.",
+        "string",
+        "5,300,1800,7200,18000,36000,36000",
+        "1,10,60",
+    ),
+    "outbox_retention_days": _option(
+        "Change sets every endpoint has are deleted after this many days.",
+        "float",
+        "7",
+        "1",
+    ),
 }
 
 
@@ -85,6 +146,12 @@ def get_provider_info() -> dict[str, Any]:
         "name": "BK-CI build status",
         "description": "BK-CI build-status reporting and batch cancel for Apache Airflow.",
         "versions": ["0.1.0"],
+        "connection-types": [
+            {
+                "connection-type": "bkci_webhook",
+                "hook-class-name": "airflow_bkci.hooks.webhook.BkciWebhookHook",
+            }
+        ],
         "config": {
             "bkci": {
                 "description": "BK-CI build status collection and reporting.",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from collections.abc import Iterator
@@ -12,8 +13,10 @@ from sqlalchemy.engine import make_url
 
 from airflow_bkci.devstack import AirflowStack
 from airflow_bkci.example_dags import EXPECTED_STATES, FOLDER
+from airflow_bkci.store import Store
 from tests.proxy import TcpProxy
 from tests.services import require_postgres
+from tests.webhook import ReceiverProcess
 
 TEST_DAGS = Path(__file__).parent / "dags"
 
@@ -39,7 +42,18 @@ def _stack(home: Path, backend: str) -> Iterator[AirflowStack]:
     dags.mkdir()
     for source in [*FOLDER.glob("bkci_*.py"), *TEST_DAGS.glob("bkci_*.py")]:
         shutil.copy(source, dags / source.name)
-    stack = AirflowStack(home=home, dags_folder=dags, backend=backend)
+    # A real webhook receiver, in its own process, gets every change set the
+    # schedulers' dispatchers send; retries are quick so fault tests settle fast.
+    receiver = ReceiverProcess(home / "receiver")
+    hook = {"conn_type": "bkci_webhook", "host": receiver.url, "password": receiver.secret}
+    stack = AirflowStack(
+        home=home,
+        dags_folder=dags,
+        backend=backend,
+        env={"AIRFLOW_CONN_BKCI_TEST_HOOK": json.dumps(hook)},
+    )
+    stack.configure("bkci", "webhook_conn_ids", "bkci_test_hook")
+    stack.configure("bkci", "retry_schedule", "0.2,0.5,1,1,1,1,1,1,1,1")
     # Workers reach the ingest route, and the collectors the PostgreSQL store,
     # through proxies that fault tests cut; Airflow's own database is direct.
     ingest = TcpProxy("127.0.0.1", stack.port)
@@ -54,13 +68,17 @@ def _stack(home: Path, backend: str) -> Iterator[AirflowStack]:
         stack.configure("bkci", "store_url", store_url.render_as_string(hide_password=False))
         # short, so a fault test can outlast it (see test_faults)
         stack.configure("bkci", "recent_window", "3")
+        # On PostgreSQL the API server dispatches too: lanes are shared by claim.
+        stack.configure("bkci", "dispatch_in", "scheduler,api-server")
     t0 = time.monotonic()
     try:
         with stack:
             stack.started_in = time.monotonic() - t0  # type: ignore[attr-defined]
             stack.faults = FaultableStack(stack, ingest, store)  # type: ignore[attr-defined]
+            stack.receiver = receiver  # type: ignore[attr-defined]
             yield stack
     finally:
+        receiver.stop()
         ingest.close()
         if store is not None:
             store.close()
@@ -102,3 +120,12 @@ def examples(request: pytest.FixtureRequest) -> tuple[AirflowStack, ExampleRuns]
     """(stack, example runs) on each backend; PostgreSQL cases carry the ``postgres`` mark."""
     stack = request.getfixturevalue(f"{request.param}_stack")
     return stack, request.getfixturevalue(f"example_runs_{request.param}")
+
+
+@pytest.fixture
+def store(examples: tuple[AirflowStack, ExampleRuns]) -> Iterator[Store]:
+    """The status store of the ``examples`` stack."""
+    stack, _ = examples
+    opened = Store(stack.store_url)
+    yield opened
+    opened.dispose()

@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import datetime
 
-import pytest
-
-from airflow_bkci.devstack import AirflowStack
 from airflow_bkci.model.event import build_id_for
-from airflow_bkci.store import Store
 from tests.integration.truth import (
     RETRY_STEPS,
     airflow_truth,
@@ -18,16 +13,6 @@ from tests.integration.truth import (
     tried_times,
     wait_agreement,
 )
-
-ExampleRuns = dict[str, tuple[str, str]]
-
-
-@pytest.fixture
-def store(examples: tuple[AirflowStack, ExampleRuns]) -> Iterator[Store]:
-    stack, _ = examples
-    opened = Store(stack.store_url)
-    yield opened
-    opened.dispose()
 
 
 def test_every_build_matches_airflow(examples, store):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -37,7 +38,13 @@ def test_examples_parse_without_errors(examples: tuple[AirflowStack, ExampleRuns
 
 
 def test_examples_end_as_intended(examples: tuple[AirflowStack, ExampleRuns]) -> None:
-    _, runs = examples
+    stack, runs = examples
+    wrong = [
+        stack.explain_run(dag_id, run_id)
+        for dag_id, (run_id, state) in runs.items()
+        if state != EXPECTED_STATES[dag_id]
+    ]
+    assert not wrong, "\n".join(wrong)
     assert {dag_id: state for dag_id, (_, state) in runs.items()} == EXPECTED_STATES
 
 
@@ -100,3 +107,15 @@ def test_deferrable_sensors_ran_in_the_triggerer(
         assert "trigger completed" in trigger_logs[0].read_text() or "condition reached" in (
             trigger_logs[0].read_text()
         )
+
+
+def test_a_failed_run_is_explained_with_its_task_log(
+    examples: tuple[AirflowStack, ExampleRuns],
+) -> None:
+    # What a CI failure prints when a run ends in the wrong state (see test above).
+    stack, runs = examples
+    text = stack.explain_run("bkci_failure", runs["bkci_failure"][0])
+    # test_collect clears this run once, so the tries counted depend on the order.
+    assert re.search(r"- deploy\[-1\] try \d: failed", text), text
+    assert re.search(r"- build\[-1\] try \d: success", text), text
+    assert "attempt=1.log|" in text and "RuntimeError" in text

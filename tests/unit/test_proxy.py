@@ -3,26 +3,17 @@
 from __future__ import annotations
 
 import socket
-import threading
 
-from tests.proxy import TcpProxy
+from tests.proxy import TcpProxy, tcp_server
+
+
+def _echo(conn: socket.socket) -> None:
+    while data := conn.recv(1024):
+        conn.sendall(data)
 
 
 def _echo_server() -> socket.socket:
-    server = socket.create_server(("127.0.0.1", 0))
-
-    def serve() -> None:
-        while True:
-            try:
-                conn, _ = server.accept()
-            except OSError:
-                return
-            with conn:
-                while data := conn.recv(1024):
-                    conn.sendall(data)
-
-    threading.Thread(target=serve, daemon=True).start()
-    return server
+    return tcp_server(_echo)
 
 
 def _roundtrip(port: int) -> bytes:

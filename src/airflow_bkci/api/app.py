@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, Protocol
 
 from fastapi import FastAPI
@@ -61,12 +63,60 @@ def _conf_secret() -> str:
     return conf.ingest_secret()
 
 
+class Notifiable(Protocol):
+    """A dispatcher, as the app sees it: started at startup, told of new change sets."""
+
+    def start(self) -> None: ...
+
+    def notify(self) -> None: ...
+
+    def stop(self, timeout: float = 5.0) -> None: ...
+
+
+def _conf_dispatcher() -> Notifiable | None:
+    """The API server's dispatcher when ``[bkci] dispatch_in`` names it, else None."""
+    from airflow_bkci import conf
+
+    if "api-server" not in conf.dispatch_in():
+        return None
+    from airflow_bkci.hooks.webhook import dispatcher_from_conf
+    from airflow_bkci.store import Store
+
+    # Store() does not connect: a store that is down only delays the first pass.
+    return dispatcher_from_conf(Store.from_conf())
+
+
+def _lifespan(
+    dispatcher_factory: Callable[[], Notifiable | None],
+) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Airflow's API server enters the lifespan of every plugin app it mounts.
+        try:
+            dispatcher = dispatcher_factory()
+        except Exception:
+            log.error("bkci: no dispatcher in this API server worker", exc_info=True)
+            dispatcher = None
+        app.state.bkci_dispatcher = dispatcher
+        if dispatcher is not None:
+            dispatcher.start()
+            log.info("bkci: dispatcher started in the API server (pid %d)", os.getpid())
+        try:
+            yield
+        finally:
+            if dispatcher is not None:
+                dispatcher.stop()
+
+    return lifespan
+
+
 def create_app(
     *,
     store_factory: Callable[[], IngestStore] | None = None,
     secret: Callable[[], str] | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     max_items: int = DEFAULT_MAX_ITEMS,
+    dispatcher_factory: Callable[[], Notifiable | None] = _conf_dispatcher,
 ) -> FastAPI:
     """Build the app; the defaults read ``[bkci]`` and open the store lazily."""
     from airflow_bkci.api.routes import health, ingest
@@ -74,7 +124,9 @@ def create_app(
     app = FastAPI(
         title="BK-CI build status",
         description="Ingest of worker records and build status for airflow-bkci.",
+        lifespan=_lifespan(dispatcher_factory),
     )
+    app.state.bkci_dispatcher = None
     app.state.bkci_store = StoreProvider(store_factory or _default_store)
     app.state.bkci_secret = secret or _conf_secret
     app.state.bkci_max_body_bytes = max_body_bytes

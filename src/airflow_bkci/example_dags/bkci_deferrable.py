@@ -15,11 +15,17 @@ def done() -> None:
 
 
 with DAG("bkci_deferrable", schedule=None, catchup=False, tags=["bkci-example"]):
-    # Always defers, and waits for real: the moment is rendered from this try's own start.
-    # Then it resumes on a worker (execute_complete).
+    # Always defers, and waits for real, then resumes on a worker (execute_complete).
+    # The moment is rendered just before execute, 10 s ahead: a trigger that fires at
+    # once (a moment already past) races Airflow 3.3's handling of the deferring
+    # process's exit, and the scheduler may fail the resumed try ("state mismatch",
+    # apache/airflow#72716, open), whatever the task and our plugin do.
     resume_on_worker = DateTimeSensorAsync(
         task_id="wait_resume_on_worker",
-        target_time="{{ (ti.start_date + macros.timedelta(seconds=3)).isoformat() }}",
+        target_time=(
+            "{{ (macros.datetime.now(ti.start_date.tzinfo)"
+            " + macros.timedelta(seconds=10)).isoformat() }}"
+        ),
     )
     # end_from_trigger: the triggerer itself marks this task success, no worker runs it again.
     end_in_triggerer = WaitSensor(

@@ -13,19 +13,23 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.listeners import hookimpl
 from sqlalchemy import event as sa_event
 from sqlalchemy.orm import Session, object_session
 
 from airflow_bkci import conf
+from airflow_bkci.exceptions import ConfigError
 from airflow_bkci.listeners.forksafe import sqlite_section
 from airflow_bkci.listeners.observer import Observer, default_source
 from airflow_bkci.listeners.reconciler import AirflowReader, CatchUp, Reconciler
 from airflow_bkci.listeners.rows import RunRow, TaskRow
 from airflow_bkci.listeners.sink import EventSink
 from airflow_bkci.model.event import AUTHORITATIVE_SOURCE, StatusEvent
+
+if TYPE_CHECKING:
+    from airflow_bkci.channels.dispatcher import Dispatcher
 
 log = logging.getLogger(__name__)
 
@@ -102,10 +106,15 @@ class ServerCollector:
     """Process-wide state of the Airflow-side collector (one per process)."""
 
     def __init__(self) -> None:
-        self.sink = EventSink(open_store, on_overflow=self._overflow)
+        self.sink = EventSink(open_store, on_overflow=self._overflow, on_applied=self._applied)
         self.observer = Observer(default_source("hook"))
         self.reconciler: Reconciler | None = None
+        self.dispatcher: Dispatcher | None = None
         self._lock = threading.Lock()
+
+    def _applied(self) -> None:
+        if self.dispatcher is not None:
+            self.dispatcher.notify()  # new change sets: no need to wait for the next poll
 
     def _overflow(self) -> None:
         self.observer.forget()
@@ -162,11 +171,46 @@ class ServerCollector:
             )
             self.reconciler.start()
             log.info("bkci: reconciler started (every %.1fs)", self.reconciler.interval)
+        self.start_dispatcher()
+
+    def start_dispatcher(self) -> None:
+        """Deliver the outbox from this process too (several dispatchers share lanes safely)."""
+        from airflow_bkci.hooks.webhook import dispatcher_from_conf
+
+        with self._lock:
+            if self.dispatcher is not None:
+                return
+            try:
+                if "scheduler" not in conf.dispatch_in():
+                    log.info("bkci: [bkci] dispatch_in leaves the scheduler out; no dispatcher")
+                    return
+            except ConfigError as exc:
+                log.error("bkci: dispatcher not started: %s", exc)
+                return
+            try:
+                # Not open_store(): no migration here, the sink does that; a store that
+                # is down only delays the dispatcher's first pass.
+                from airflow_bkci.store import Store
+
+                self.dispatcher = dispatcher_from_conf(Store.from_conf())
+            except Exception:
+                log.warning("bkci: dispatcher not started", exc_info=True)
+                return
+            if self.dispatcher is None:
+                log.debug("bkci: no [bkci] webhook_conn_ids; no dispatcher")
+                return
+            self.dispatcher.start()
+            log.info(
+                "bkci: dispatcher started for %s",
+                ", ".join(c.name for c in self.dispatcher.channels),
+            )
 
     def stop(self, timeout: float = 5.0) -> None:
         if self.reconciler is not None:
             self.reconciler.stop(timeout)
         self.sink.stop(timeout)
+        if self.dispatcher is not None:
+            self.dispatcher.stop(timeout)
 
 
 class _Holder:

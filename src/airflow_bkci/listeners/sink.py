@@ -39,6 +39,7 @@ class EventSink:
         batch_size: int = 2_000,
         idle_wait: float = 0.2,
         on_overflow: Callable[[], None] | None = None,
+        on_applied: Callable[[], None] | None = None,
     ) -> None:
         self._store_factory = store_factory
         self._store: object | None = None
@@ -52,11 +53,13 @@ class EventSink:
         self._batch_size = batch_size
         self._idle_wait = idle_wait
         self._on_overflow = on_overflow
+        self._on_applied = on_applied
         self._backoff = wait_exponential_jitter(multiplier=0.5, max=30.0)
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
         self.applied = 0
         self.failures = 0
+        self.failing = False  # the last apply failed and the thread is backing off
         self.last_success: float | None = None  # time.time() of the last applied batch
 
     def put(self, events: Iterable[StatusEvent]) -> None:
@@ -96,10 +99,17 @@ class EventSink:
         return self._idle.wait(timeout)
 
     def stop(self, timeout: float = 5.0) -> None:
-        self.flush(timeout)
+        """Apply what is queued (at most ``timeout`` s), then stop the thread.
+
+        While the store is failing there is no wait at all: what is queued is
+        in Airflow's database too, and the next collector's catch-up reads it
+        from there. Waiting would only hold up the component's shutdown.
+        """
+        if not self.failing:
+            self.flush(timeout)
         self._stopping.set()
         self._wake.set()
-        if self._thread is not None:
+        if self._thread is not None and not self.failing:
             self._thread.join(timeout)
 
     def _ensure_thread(self) -> None:
@@ -138,6 +148,7 @@ class EventSink:
                 self._give_back(batch)
                 attempt += 1
                 self.failures += 1
+                self.failing = True
                 delay = backoff_delay(self._backoff, attempt)
                 log.warning(
                     "bkci: status store unavailable (%s); %d events kept, retry %d in %.1fs",
@@ -149,7 +160,10 @@ class EventSink:
                 self._stopping.wait(delay)
                 continue
             attempt = 0
+            self.failing = False
             self.applied += len(batch)
+            if self._on_applied is not None:
+                self._on_applied()
             self.last_success = time.time()
             for event, reason in getattr(result, "rejected", ()):
                 log.warning(

@@ -10,26 +10,26 @@ from airflow_bkci.listeners.server import ServerListener
 from airflow_bkci.listeners.worker import WorkerListener
 
 
-class LazyApp:
-    """An ASGI app that builds our FastAPI app on its first request.
+class _FastApiApps:
+    """``fastapi_apps``, built when first read.
 
-    Every process that loads plugins (each task runner too) would otherwise
-    import FastAPI and build routes it never serves.
+    Only the API server reads it (and ``airflow plugins``): every other process
+    that loads plugins (each task runner too) would otherwise import FastAPI and
+    build routes it never serves. A real FastAPI app, not a wrapper, so that the
+    API server enters its lifespan (the dispatcher starts there).
     """
 
     def __init__(self) -> None:
-        self._app: Any = None
+        self._apps: list[dict[str, Any]] | None = None
 
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if self._app is None:
+    def __get__(self, obj: object, objtype: type | None = None) -> list[dict[str, Any]]:
+        if self._apps is None:
             from airflow_bkci.api.app import create_app
 
-            self._app = create_app()
-        await self._app(scope, receive, send)
-
-
-def _fastapi_apps() -> list[dict[str, Any]]:
-    return [{"app": LazyApp(), "url_prefix": "/bkci", "name": "BK-CI build status"}]
+            self._apps = [
+                {"app": create_app(), "url_prefix": "/bkci", "name": "BK-CI build status"}
+            ]
+        return self._apps
 
 
 class BkciPlugin(AirflowPlugin):
@@ -37,4 +37,4 @@ class BkciPlugin(AirflowPlugin):
 
     name = "bkci"
     listeners = [ServerListener(), WorkerListener()]
-    fastapi_apps = _fastapi_apps()
+    fastapi_apps = _FastApiApps()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -81,12 +80,12 @@ def _detail(response: httpx.Response) -> str:
 
 
 class Forwarder:
-    """Posts spooled records in batches, from a daemon thread or on demand.
+    """Posts spooled records in batches, on the calling thread.
 
-    ``drain()`` does the work synchronously (``airflow-bkci relay`` uses it);
-    ``start()`` runs it in a daemon thread woken by ``notify()``; ``flush()``
-    asks that thread for one more pass and waits for it, at most ``timeout``.
-    No public method raises.
+    ``drain()`` sends until the spool is empty or a send fails (``airflow-bkci
+    relay``); ``send_now()`` does the same within a time limit and honours the
+    host's receiver backoff (a task runner's exit). No thread of its own: a
+    task runner's only cost while its task runs is the append.
     """
 
     def __init__(
@@ -99,7 +98,6 @@ class Forwarder:
         connect_timeout: float = 1.0,
         read_timeout: float = 5.0,
         wait: WaitStrategy = DEFAULT_WAIT,
-        idle_interval: float = 5.0,
         session: httpx.Client | None = None,
     ) -> None:
         self.spool = spool
@@ -108,21 +106,17 @@ class Forwarder:
         self.batch_size = max(1, int(batch_size))
         self.timeouts = httpx.Timeout(read_timeout, connect=connect_timeout)
         self.wait = wait
-        self.idle_interval = idle_interval
-        # httpx, not requests: the Task SDK has imported it already, so a task
-        # runner's forwarder costs no import of its own.
-        # A plain-http ingest URL never does TLS: skip loading the CA bundle,
-        # which costs ~50 ms of CPU in every task runner.
-        plain = str(url).startswith("http://")
-        self._session = session or httpx.Client(verify=not plain)
-        self._cond = threading.Condition()
-        self._thread: threading.Thread | None = None
-        self._stopping = False
-        self._new_rows = False
-        self._flush_gen = 0
-        self._done_gen = 0
-        self._last = BatchResult()
-        self.failures = 0
+        self._client = session
+
+    @property
+    def _session(self) -> httpx.Client:
+        # Made on the first send: a task runner whose receiver is backing off
+        # never pays for a client. httpx, not requests: the Task SDK has
+        # imported it already. A plain-http ingest URL never does TLS, so it
+        # skips loading the CA bundle (~50 ms of CPU in every task runner).
+        if self._client is None:
+            self._client = httpx.Client(verify=not str(self.url).startswith("http://"))
+        return self._client
 
     @classmethod
     def from_conf(cls, spool: Spool, **kwargs: Any) -> Forwarder:
@@ -145,22 +139,29 @@ class Forwarder:
         total = BatchResult()
         end = None if max_seconds is None else time.monotonic() + max_seconds
         while True:
-            result = self.send_batch()
+            timeouts = self.timeouts
+            if end is not None:
+                left = max(0.01, end - time.monotonic())
+                timeouts = httpx.Timeout(
+                    min(left, self.timeouts.read or left),
+                    connect=min(left, self.timeouts.connect or left),
+                )
+            result = self.send_batch(timeouts)
             total.add(result)
             if not result.ok or result.claimed == 0:
                 return total
             if end is not None and time.monotonic() >= end:
                 return total
 
-    def send_batch(self) -> BatchResult:
+    def send_batch(self, timeouts: httpx.Timeout | None = None) -> BatchResult:
         """Claim one batch, post it, ack or quarantine or give it back. Never raises."""
         try:
-            return self._send_batch()
+            return self._send_batch(timeouts or self.timeouts)
         except Exception as exc:
             log.warning("BK-CI forwarder failed on the spool at %s", self.spool.path, exc_info=True)
             return BatchResult(error=f"spool error: {type(exc).__name__}: {exc}")
 
-    def _send_batch(self) -> BatchResult:
+    def _send_batch(self, timeouts: httpx.Timeout) -> BatchResult:
         result = BatchResult()
         rows = self.spool.claim(self.batch_size)
         result.claimed = len(rows)
@@ -184,7 +185,7 @@ class Forwarder:
                 self.url,
                 json=records,
                 headers={"Authorization": f"Bearer {self._secret}"},
-                timeout=self.timeouts,
+                timeout=timeouts,
             )
         except httpx.HTTPError as exc:
             self.spool.release(ids)
@@ -259,105 +260,60 @@ class Forwarder:
                 out[index] = str(item.get("reason", "no reason given"))[:1000]
         return out
 
-    # -- background thread ------------------------------------------------
+    # -- outcome, shared with every forwarder on the host ---------------------
 
-    def start(self) -> None:
-        """Start the daemon thread (once)."""
-        with self._cond:
-            if self._thread is not None and self._thread.is_alive():
-                return
-            self._stopping = False
-            self._thread = threading.Thread(target=self._run, name="bkci-forwarder", daemon=True)
-            self._thread.start()
+    def record_outcome(self, result: BatchResult) -> float | None:
+        """Note a pass's outcome in the spool; the delay before the next try, if it failed.
 
-    def notify(self) -> None:
-        """Tell the thread new rows are waiting (cheap; no I/O)."""
-        with self._cond:
-            self._new_rows = True
-            self._cond.notify_all()
-
-    def flush(self, timeout: float) -> bool:
-        """Ask for one more pass and wait for it; True when everything claimable was sent.
-
-        Returns False at once when that pass fails or the receiver is already
-        known to be failing (rows stay spooled), and at the latest after
-        ``timeout`` seconds. Never raises.
+        The backoff lives in the spool, so every task runner and relay on the
+        host sees that the receiver is failing and none of them waits on it.
         """
-        try:
-            if self.failures:
-                # The receiver failed on the last pass and we are backing off:
-                # trying again now would only hold up the task's exit. The rows
-                # stay for the next forwarder on this host or the relay.
-                return False
-            self.start()
-            end = time.monotonic() + max(0.0, timeout)
-            with self._cond:
-                self._flush_gen += 1
-                gen = self._flush_gen
-                self._cond.notify_all()
-                while self._done_gen < gen:
-                    remaining = end - time.monotonic()
-                    if remaining <= 0:
-                        return False
-                    self._cond.wait(remaining)
-                return self._last.ok
-        except Exception:
-            log.warning("BK-CI forwarder flush failed", exc_info=True)
-            return False
-
-    def stop(self, timeout: float = 1.0) -> None:
-        """Stop the thread, waiting at most ``timeout`` seconds."""
-        with self._cond:
-            self._stopping = True
-            self._cond.notify_all()
-            thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout)
-
-    def _wait_for_work(self, delay: float) -> int:
-        end = time.monotonic() + delay
-        with self._cond:
-            while not self._stopping and self._flush_gen == self._done_gen:
-                if self._new_rows and self.failures == 0:
-                    break  # new rows wake us, but never cut a backoff short
-                remaining = end - time.monotonic()
-                if remaining <= 0:
-                    break
-                self._cond.wait(remaining)
-            self._new_rows = False
-            return self._flush_gen
-
-    def _run(self) -> None:
-        delay = 0.0
-        while True:
-            gen = self._wait_for_work(delay)
-            if self._stopping:
-                return
-            result = self.drain()
-            delay = self._next_delay(result)  # logs before a waiting flush() returns
-            with self._cond:
-                self._last = result
-                self._done_gen = max(self._done_gen, gen)
-                self._cond.notify_all()
-
-    def _next_delay(self, result: BatchResult) -> float:
         if result.ok:
-            self.failures = 0
-            return self.idle_interval
+            self.spool.receiver_ok(self.url)
+            return None
         if result.retry_after == 0.0:  # a smaller batch can go at once
             return 0.0
-        self.failures += 1
-        delay = max(backoff_delay(self.wait, self.failures), result.retry_after or 0.0)
-        log.warning(
-            "BK-CI forwarder could not send to %s: %s. %d records stay in the spool; "
-            "next try in %.1fs (failure %d in a row)",
+        floor = result.retry_after or 0.0
+        state = self.spool.receiver_failed(
             self.url,
-            result.error,
-            self._pending(),
-            delay,
-            self.failures,
+            result.error or "unknown error",
+            lambda failures: max(backoff_delay(self.wait, failures), floor),
         )
-        return delay
+        return max(0.0, state.retry_at - time.time())
+
+    def send_now(self, timeout: float) -> bool:
+        """Send what is spooled, on the calling thread, for at most about ``timeout`` s.
+
+        For a task runner's exit. True when everything claimable was sent.
+        Returns False at once while the host's receiver is backing off (rows
+        stay for a later forwarder or ``airflow-bkci relay``). Never raises.
+        """
+        try:
+            state = self.spool.backoff(self.url)
+            if state is not None and state.retry_at > time.time():
+                log.debug("BK-CI forwarder skipped: %s is backing off (%s)", self.url, state.error)
+                return False
+            result = self.drain(max_seconds=timeout)
+            if result.ok and state is None:
+                pass  # nothing to forget: keep the exit free of a write
+            else:
+                delay = self.record_outcome(result)
+                if delay is not None:
+                    log.warning(
+                        "BK-CI forwarder could not send to %s: %s. %d records stay in %s; "
+                        "the next try on this host waits %.1fs",
+                        self.url,
+                        result.error,
+                        self._pending(),
+                        self.spool.path,
+                        delay,
+                    )
+            if result.sent:
+                self.spool.checkpoint()  # task runners append with autocheckpoint off
+            return result.ok
+        except Exception:
+            log.warning("BK-CI forwarder failed on the spool at %s", self.spool.path, exc_info=True)
+            return False
 
     def _pending(self) -> int:
         try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from airflow_bkci.spool.forwarder import BatchResult, Forwarder, backoff_delay
+from airflow_bkci.spool.forwarder import BatchResult, Forwarder
 from airflow_bkci.spool.spool import Spool
 
 __all__ = ["relay"]
@@ -40,20 +40,19 @@ def relay(
         forwarder = Forwarder.from_conf(Spool(conf.spool_path()))
     spool = forwarder.spool
     echo(f"relaying {spool.path} -> {forwarder.url} ({spool.pending_count()} pending)")
-    failures = 0
     try:
         while True:
             result = forwarder.drain()
             if result.claimed or result.error:
                 echo(_line(result, spool.pending_count()))
+            # Shared with the task runners here: while we fail, they skip the
+            # receiver at exit; once we get through, they send again.
+            delay = forwarder.record_outcome(result)
             if once:
                 return 0 if result.ok else 1
-            if result.ok:
-                failures = 0
+            if delay is None:
                 sleep(interval)
                 continue
-            failures += 1
-            delay = max(backoff_delay(forwarder.wait, failures), result.retry_after or 0.0)
             echo(f"next try in {delay:.1f}s")
             sleep(delay)
     except KeyboardInterrupt:

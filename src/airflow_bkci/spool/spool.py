@@ -15,11 +15,12 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DEFAULT_LEASE", "Spool"]
+__all__ = ["DEFAULT_LEASE", "Backoff", "Spool"]
 
 DEFAULT_LEASE = 30.0
 """Seconds a claimed row stays invisible to other forwarders."""
@@ -38,7 +39,22 @@ CREATE TABLE IF NOT EXISTS spool_quarantine (
     created_at REAL NOT NULL,
     quarantined_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS receiver_backoff (
+    url TEXT PRIMARY KEY,
+    failures INTEGER NOT NULL,
+    retry_at REAL NOT NULL,
+    error TEXT NOT NULL
+);
 """
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """A receiver that failed ``failures`` times in a row: no try before ``retry_at``."""
+
+    failures: int
+    retry_at: float
+    error: str
 
 
 class Spool:
@@ -180,6 +196,52 @@ class Spool:
                 .fetchall()
             )
         return [(int(i), str(r), str(why)) for i, r, why in rows]
+
+    # -- the receiver's state, shared by every forwarder on the host ----------
+
+    def backoff(self, url: str) -> Backoff | None:
+        """The receiver's backoff, if its last try (by any forwarder here) failed."""
+        with self._lock:
+            row = (
+                self._db()
+                .execute(
+                    "SELECT failures, retry_at, error FROM receiver_backoff WHERE url = ?", (url,)
+                )
+                .fetchone()
+            )
+        return None if row is None else Backoff(int(row[0]), float(row[1]), str(row[2]))
+
+    def receiver_failed(self, url: str, error: str, delay: Callable[[int], float]) -> Backoff:
+        """Count one more failure in a row; ``delay(failures)`` says how long to back off."""
+        with self._lock:
+            db = self._db()
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                row = db.execute(
+                    "SELECT failures FROM receiver_backoff WHERE url = ?", (url,)
+                ).fetchone()
+                failures = (int(row[0]) if row else 0) + 1
+                state = Backoff(failures, time.time() + max(0.0, delay(failures)), error[:1000])
+                db.execute(
+                    "INSERT OR REPLACE INTO receiver_backoff (url, failures, retry_at, error)"
+                    " VALUES (?, ?, ?, ?)",
+                    (url, state.failures, state.retry_at, state.error),
+                )
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+        return state
+
+    def receiver_ok(self, url: str) -> None:
+        """The receiver answered: forget its backoff."""
+        with self._lock:
+            self._db().execute("DELETE FROM receiver_backoff WHERE url = ?", (url,))
+
+    def checkpoint(self) -> None:
+        """Fold the WAL into the database file, without waiting for readers."""
+        with self._lock:
+            self._db().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
     def close(self) -> None:
         with self._lock:

@@ -16,23 +16,24 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, select, update
+from sqlalchemy import Connection, bindparam, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from airflow_bkci.exceptions import ConfigError, InvalidEvent, InvalidTransition
 from airflow_bkci.model import fsm
+from airflow_bkci.model.diff import diff_documents
 from airflow_bkci.model.event import AUTHORITATIVE_SOURCE, BUILD_NODE, NodeRef, StatusEvent
 from airflow_bkci.model.fsm import NO_STATUS_KEY, Decision, NodeState
 from airflow_bkci.model.status import BuildStatus
 from airflow_bkci.model.tree import build_document
 from airflow_bkci.store.engine import dumps
 from airflow_bkci.store.results import ApplyResult
-from airflow_bkci.store.tables import BuildRow, NodeRow, PipelineRow, TransitionRow
+from airflow_bkci.store.tables import BuildRow, ChangeRow, NodeRow, PipelineRow, TransitionRow
 
 log = logging.getLogger(__name__)
 
-B, N, P, T = BuildRow, NodeRow, PipelineRow, TransitionRow
+B, C, N, P, T = BuildRow, ChangeRow, NodeRow, PipelineRow, TransitionRow
 
 HISTORY_DECISIONS = frozenset(
     {
@@ -59,6 +60,8 @@ class _Build:
     run_id: str
     build_num: int
     created_at: datetime
+    document: dict[str, Any] = field(default_factory=dict)
+    sequence: int = 0
     nodes: dict[str, NodeState] = field(default_factory=dict)
     refs: dict[str, NodeRef] = field(default_factory=dict)
     dirty: set[str] = field(default_factory=set)
@@ -144,7 +147,7 @@ def _lock_builds(
 
 def _select_builds(conn: Connection, ids: Iterable[str]) -> dict[str, _Build]:
     stmt = (
-        select(B.build_id, B.dag_id, B.run_id, B.build_num, B.created_at)
+        select(B.build_id, B.dag_id, B.run_id, B.build_num, B.created_at, B.document, B.sequence)
         .where(B.build_id.in_(list(ids)))
         .order_by(B.build_id)
         .with_for_update()
@@ -318,6 +321,23 @@ def _write_builds(conn: Connection, builds: list[_Build], now: datetime) -> None
     rows = [_build_row(build, now) for build in builds]
     if not rows:
         return
+    changes = []
+    for build, row in zip(builds, rows, strict=True):
+        patch = diff_documents(build.document, row["document"])
+        if patch:  # an empty diff takes no number
+            build.sequence += 1
+            changes.append(
+                {
+                    "build_id": build.build_id,
+                    "dag_id": build.dag_id,
+                    "sequence": build.sequence,
+                    "patch": patch,
+                    "created_at": now,
+                }
+            )
+        row["sequence"] = build.sequence
+    if changes:
+        conn.execute(insert(C), changes)
     names = [name for name in rows[0] if name != "build_id"]
     # Bind names must differ from column names in an executemany UPDATE.
     stmt = (

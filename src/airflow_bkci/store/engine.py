@@ -11,6 +11,9 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.exc import ArgumentError
+
+from airflow_bkci.exceptions import ConfigError
 
 WRITE_OPTION = "bkci_write"
 """Execution option on a connection whose transaction will write (BEGIN IMMEDIATE)."""
@@ -35,7 +38,16 @@ def dumps(value: Any) -> str:
 
 def normalize_url(url: str | URL) -> URL:
     """Use psycopg 3 for plain ``postgresql://`` URLs (SQLAlchemy would pick psycopg2)."""
-    parsed = make_url(url)
+    try:
+        parsed = make_url(url)
+        if parsed.get_backend_name() not in ("sqlite", "postgresql", "postgres"):
+            raise ValueError(f"backend {parsed.get_backend_name()!r} is not supported")
+    except (ArgumentError, ValueError) as exc:
+        shown = url.render_as_string(hide_password=True) if isinstance(url, URL) else url
+        raise ConfigError(
+            f"bkci status store URL {shown!r} is not usable: {exc}. Use sqlite:///PATH or "
+            "postgresql://USER@HOST/DB ([bkci] store_url, or --store)."
+        ) from exc
     if parsed.drivername in ("postgresql", "postgres"):
         parsed = parsed.set(drivername="postgresql+psycopg")
     return parsed

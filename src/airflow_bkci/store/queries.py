@@ -11,14 +11,46 @@ from sqlalchemy import Connection, func, select
 from airflow_bkci.model.fsm import Decision, NodeState
 from airflow_bkci.model.status import BuildStatus
 from airflow_bkci.store.results import Transition
-from airflow_bkci.store.tables import BuildRow, NodeRow, TransitionRow
+from airflow_bkci.store.tables import BuildRow, ChangeRow, NodeRow, TransitionRow
 
-B, N, T = BuildRow, NodeRow, TransitionRow
+B, C, N, T = BuildRow, ChangeRow, NodeRow, TransitionRow
 
 
 def build_tree(conn: Connection, build_id: str) -> dict[str, Any] | None:
     doc = conn.execute(select(B.document).where(B.build_id == build_id)).scalar_one_or_none()
     return dict(doc) if doc is not None else None
+
+
+def snapshot(conn: Connection, build_id: str) -> dict[str, Any] | None:
+    """The build's document and the sequence that made it, read in one row."""
+    row = conn.execute(
+        select(B.dag_id, B.document, B.sequence).where(B.build_id == build_id)
+    ).one_or_none()
+    if row is None:
+        return None
+    return {
+        "build_id": build_id,
+        "pipeline_id": row.dag_id,
+        "sequence": int(row.sequence),
+        "document": dict(row.document),
+    }
+
+
+def changes(
+    conn: Connection, build_id: str, after: int = 0, limit: int | None = None
+) -> list[dict[str, Any]]:
+    """The build's change sets with a sequence above ``after``, in order."""
+    stmt = (
+        select(C.sequence, C.patch, C.created_at)
+        .where(C.build_id == build_id, C.sequence > after)
+        .order_by(C.sequence)
+    )
+    if limit is not None:
+        stmt = stmt.limit(limit)
+    return [
+        {"sequence": int(r.sequence), "patch": list(r.patch), "created_at": r.created_at}
+        for r in conn.execute(stmt)
+    ]
 
 
 def find_build(conn: Connection, dag_id: str, run_id: str) -> dict[str, Any] | None:

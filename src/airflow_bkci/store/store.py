@@ -7,6 +7,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, insert
@@ -19,6 +20,7 @@ from airflow_bkci.model.status import BuildStatus
 from airflow_bkci.store import migrate, queries
 from airflow_bkci.store.apply import apply_events
 from airflow_bkci.store.engine import WRITE_OPTION, create_store_engine
+from airflow_bkci.store.recording import Recorder
 from airflow_bkci.store.results import ApplyResult, Transition
 from airflow_bkci.store.tables import QuarantineRow
 
@@ -32,14 +34,16 @@ _ATTEMPTS = 3
 class Store:
     """Builds, their nodes and history, kept in SQLite or PostgreSQL."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, record_to: str | Path | None = None) -> None:
         self.engine = create_store_engine(url)
+        # Every applied batch is appended here ([bkci] record_events_to), for replay.
+        self.recorder = Recorder(record_to) if record_to else None
 
     @classmethod
     def from_conf(cls) -> Store:
         from airflow_bkci import conf
 
-        return cls(conf.store_url())
+        return cls(conf.store_url(), record_to=conf.record_events_to())
 
     def __repr__(self) -> str:
         return f"Store({self.engine.url.render_as_string(hide_password=True)!r})"
@@ -53,8 +57,11 @@ class Store:
         """Apply a batch in one transaction; bad events land in ``rejected``."""
         for attempt in range(1, _ATTEMPTS + 1):
             try:
+                now = utcnow()
                 with self._write() as conn:
-                    return apply_events(conn, events, utcnow())
+                    result = apply_events(conn, events, now)
+                self._record(events, now)
+                return result
             except StoreUnavailable as exc:
                 if attempt == _ATTEMPTS or not _retryable(exc.__cause__):
                     raise
@@ -78,6 +85,18 @@ class Store:
     def build_tree(self, build_id: str) -> dict[str, Any] | None:
         with self._read() as conn:
             return queries.build_tree(conn, build_id)
+
+    def snapshot(self, build_id: str) -> dict[str, Any] | None:
+        """``{"build_id", "pipeline_id", "sequence", "document"}``, consistent with each other."""
+        with self._read() as conn:
+            return queries.snapshot(conn, build_id)
+
+    def changes(
+        self, build_id: str, after: int = 0, limit: int | None = None
+    ) -> list[dict[str, Any]]:
+        """Change sets ``{"sequence", "patch", "created_at"}`` after ``after``, in order."""
+        with self._read() as conn:
+            return queries.changes(conn, build_id, after, limit)
 
     def find_build(self, dag_id: str, run_id: str) -> dict[str, Any] | None:
         with self._read() as conn:
@@ -120,6 +139,17 @@ class Store:
             conn.execution_options(**{WRITE_OPTION: True})
             with conn.begin():
                 yield conn
+
+    def _record(self, events: Sequence[StatusEvent], now: datetime) -> None:
+        if self.recorder is None:
+            return
+        try:
+            self.recorder.record(events, now)
+        except OSError as exc:  # a debugging aid must never stop the store
+            log.warning(
+                "bkci store: cannot record to %s (%s); recording off", self.recorder.path, exc
+            )
+            self.recorder = None
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:

@@ -103,6 +103,86 @@ class BuildRow(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
     document: Mapped[dict[str, Any]] = mapped_column(JSONDoc)
+    # The sequence of the change set that made ``document``: read together,
+    # they are a consistent snapshot. 0 until the first change.
+    sequence: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+
+
+class ChangeRow(Base):
+    """One change set: the JSON Patch from a build's document at sequence-1 to sequence."""
+
+    __tablename__ = "bkci_change"
+    __table_args__ = (
+        UniqueConstraint("build_id", "sequence"),
+        Index(None, "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    build_id: Mapped[str] = mapped_column(
+        String(64), ForeignKey("bkci_build.build_id", ondelete="CASCADE")
+    )
+    dag_id: Mapped[str] = mapped_column(String(250))
+    sequence: Mapped[int] = mapped_column(Integer)
+    # JSON, not JSONB, on PostgreSQL: the dispatcher sends the stored text as it is.
+    patch: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class EndpointRow(Base):
+    """Delivery state of one endpoint (a channel's connection), shared by every dispatcher."""
+
+    __tablename__ = "bkci_endpoint"
+
+    name: Mapped[str] = mapped_column(String(250), primary_key=True)
+    gone: Mapped[bool] = mapped_column(Boolean, default=False)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class LaneRow(Base):
+    """The outbox: what one endpoint has of one build, and when to try it next.
+
+    A lane's pending change sets are the build's change sets after
+    ``acked_seq``; a dispatcher holds the lane (``lease_owner`` until
+    ``lease_until``) while it sends them, so one build's change sets never
+    go to one endpoint out of order or twice at once.
+    """
+
+    __tablename__ = "bkci_lane"
+    __table_args__ = (Index(None, "endpoint", "next_attempt_at"),)
+
+    endpoint: Mapped[str] = mapped_column(String(250), primary_key=True)
+    build_id: Mapped[str] = mapped_column(
+        String(64), ForeignKey("bkci_build.build_id", ondelete="CASCADE"), primary_key=True
+    )
+    dag_id: Mapped[str] = mapped_column(String(250))
+    acked_seq: Mapped[int] = mapped_column(Integer, default=0)
+    # Send a snapshot next (after a gap, a dead letter or a long backlog).
+    needs_snapshot: Mapped[bool] = mapped_column(Boolean, default=False)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    lease_owner: Mapped[str | None] = mapped_column(String(100))
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class DeadLetterRow(Base):
+    """Change sets an endpoint refused for good or that ran out of retries."""
+
+    __tablename__ = "bkci_dead_letter"
+    __table_args__ = (Index(None, "endpoint", "created_at"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    endpoint: Mapped[str] = mapped_column(String(250))
+    build_id: Mapped[str] = mapped_column(String(64))
+    dag_id: Mapped[str] = mapped_column(String(250))
+    first_seq: Mapped[int] = mapped_column(Integer)
+    last_seq: Mapped[int] = mapped_column(Integer)
+    reason: Mapped[str] = mapped_column(Text)
+    events: Mapped[list[dict[str, Any]]] = mapped_column(JSONDoc)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    replayed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class NodeRow(Base):

@@ -267,8 +267,7 @@ def test_forwarder_to_the_real_app_over_http(
     spool.append(record("b", map_index=-7))  # the worker validates too: never sent
     spool.append(record("c", state="failed", error="KeyError: 'x'"))
     forwarder = Forwarder(spool, live_url, SECRET)
-    assert forwarder.flush(5.0) is True
-    forwarder.stop()
+    assert forwarder.send_now(5.0) is True
     assert [(e.node.task_id, e.status) for e in store.events] == [
         ("a", BuildStatus.RUNNING),
         ("c", BuildStatus.FAILED),

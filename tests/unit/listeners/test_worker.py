@@ -89,23 +89,18 @@ def spool_path(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def make_listener(spool_path: Path) -> Iterator[Any]:
-    made: list[WorkerListener] = []
+def make_listener(spool_path: Path) -> Any:
 
     def make(url: str = "http://127.0.0.1:9/none") -> WorkerListener:
         worker = WorkerListener(
             spool_factory=lambda: Spool(spool_path, autocheckpoint=False),
-            forwarder_factory=lambda: Forwarder(Spool(spool_path), url, SECRET, idle_interval=60),
+            forwarder_factory=lambda spool: Forwarder(spool, url, SECRET),
             flush_timeout=lambda: 2.0,
             enabled=lambda: True,
         )
-        made.append(worker)
         return worker
 
-    yield make
-    for worker in made:
-        if worker.forwarder is not None:
-            worker.forwarder.stop(0.1)
+    return make
 
 
 def spooled(spool_path: Path) -> list[dict[str, Any]]:
@@ -207,39 +202,54 @@ def test_records_reach_the_receiver_by_before_stopping(
 ) -> None:
     worker, ti = make_listener(receiver_url), runtime_ti()
     worker.on_starting(component=TaskRunnerMarker())
+    assert spool_path.exists()  # opened at start-up, before the first hook
     worker.on_task_instance_running(previous_state="queued", task_instance=ti)
     worker.on_task_instance_success(previous_state="running", task_instance=ti)
+    assert worker.forwarder is None and Receiver.records == []  # nothing sent while it runs
     worker.before_stopping(component=TaskRunnerMarker())
     assert [r["state"] for r in Receiver.records] == ["running", "success"]
     assert Spool(spool_path).pending_count() == 0
-    flush = mock.Mock(wraps=worker.forwarder.flush)
-    worker.forwarder.flush = flush
-    worker.before_stopping(component=TaskRunnerMarker())  # nothing new: no second wait
-    flush.assert_not_called()
+    send = mock.Mock(wraps=worker.forwarder.send_now)
+    worker.forwarder.send_now = send
+    worker.before_stopping(component=TaskRunnerMarker())  # nothing new: no second send
+    send.assert_not_called()
 
 
-def test_before_stopping_of_another_component_does_not_flush(make_listener: Any) -> None:
-    worker = make_listener()
-    flush = mock.Mock()
+def test_before_stopping_of_another_component_does_not_send(
+    spool_path: Path, receiver_url: str, make_listener: Any
+) -> None:
+    worker = make_listener(receiver_url)
     worker.on_task_instance_running(previous_state="queued", task_instance=runtime_ti())
-    worker.forwarder.flush = flush  # type: ignore[union-attr,method-assign]
     worker.before_stopping(component=object())
-    flush.assert_not_called()
+    assert Receiver.records == [] and len(spooled(spool_path)) == 1
 
 
-def test_hooks_do_no_network_io_on_the_task_thread(
+def test_hooks_start_no_thread_and_do_no_network_io(
     spool_path: Path, receiver_url: str, make_listener: Any
 ) -> None:
     Receiver.delay = 3.0
     worker, ti = make_listener(receiver_url), runtime_ti()
+    threads = set(threading.enumerate())
     started = time.monotonic()
+    worker.on_starting(component=TaskRunnerMarker())
     worker.on_task_instance_running(previous_state="queued", task_instance=ti)
     worker.on_task_instance_success(previous_state="running", task_instance=ti)
     assert time.monotonic() - started < 0.5
+    assert set(threading.enumerate()) == threads
     started = time.monotonic()
     worker.before_stopping(component=TaskRunnerMarker())  # bounded by flush_timeout (2 s)
     assert time.monotonic() - started < 2.5
     assert len(spooled(spool_path)) == 2  # still in flight: left for the relay
+
+
+def test_exit_skips_a_receiver_the_host_saw_failing(
+    spool_path: Path, receiver_url: str, make_listener: Any
+) -> None:
+    Spool(spool_path).receiver_failed(receiver_url, "ConnectError: refused", lambda _: 600.0)
+    worker, ti = make_listener(receiver_url), runtime_ti()
+    worker.on_task_instance_running(previous_state="queued", task_instance=ti)
+    worker.before_stopping(component=TaskRunnerMarker())
+    assert Receiver.records == [] and len(spooled(spool_path)) == 1
 
 
 def test_hooks_never_raise_when_the_spool_cannot_be_written(
@@ -260,7 +270,7 @@ def test_hooks_never_raise_when_the_spool_cannot_be_written(
         "BK-CI worker listener could not spool failed for load",
     ]
     others = {r.getMessage() for r in warnings} - set(spooling)
-    assert others <= {"BK-CI worker warm-up failed; the first hook will retry"}
+    assert others == {"BK-CI worker warm-up failed; the first hook will retry"}
     assert all(r.exc_info for r in warnings)
 
 

@@ -131,51 +131,37 @@ def test_drain_sends_every_row_in_batches_with_the_secret(spool: Spool, receiver
     assert spool.pending_count() == 0
 
 
-def test_receiver_down_leaves_rows_and_flush_returns_early(spool: Spool) -> None:
+def test_receiver_down_leaves_rows_and_send_now_returns_early(spool: Spool) -> None:
     for i in range(3):
         spool.append(record(f"t{i}"))
     fwd = forwarder(spool, free_port_url())
     started = time.monotonic()
-    assert fwd.flush(5.0) is False
-    assert time.monotonic() - started < 2.0  # a refused connection ends the flush at once
+    assert fwd.send_now(5.0) is False
+    assert time.monotonic() - started < 2.0  # a refused connection ends it at once
     assert spool.pending_count() == 3
     assert spool.claim(10) != []  # released, not leased: the relay can take them now
-    fwd.stop()
 
 
-def test_slow_receiver_flush_returns_within_its_timeout(spool: Spool, receiver: Receiver) -> None:
+def test_slow_receiver_send_now_returns_within_its_timeout(
+    spool: Spool, receiver: Receiver
+) -> None:
     receiver.delay = 10.0
     spool.append(record())
     fwd = forwarder(spool, receiver.url)
     started = time.monotonic()
-    assert fwd.flush(0.5) is False
-    assert time.monotonic() - started < 1.0
+    assert fwd.send_now(0.5) is False
+    assert time.monotonic() - started < 1.5
     assert spool.pending_count() == 1  # never acked: the process may exit now
-    fwd.stop(0.1)
 
 
-def test_flush_sends_rows_appended_while_the_thread_idles(spool: Spool, receiver: Receiver) -> None:
-    fwd = forwarder(spool, receiver.url, idle_interval=60.0)
-    fwd.start()
-    assert fwd.flush(2.0) is True  # nothing yet
-    spool.append(record("late"))
-    assert fwd.flush(2.0) is True
-    assert [r["task_id"] for r in receiver.records] == ["late"]
+def test_send_now_sends_everything_on_the_calling_thread(spool: Spool, receiver: Receiver) -> None:
+    for i in range(5):
+        spool.append(record(f"t{i}"))
+    fwd = forwarder(spool, receiver.url, batch_size=2)
+    assert fwd.send_now(5.0) is True
+    assert [r["task_id"] for r in receiver.records] == [f"t{i}" for i in range(5)]
     assert spool.pending_count() == 0
-    fwd.stop()
-
-
-def test_notify_wakes_the_thread_without_a_flush(spool: Spool, receiver: Receiver) -> None:
-    fwd = forwarder(spool, receiver.url, idle_interval=60.0)
-    fwd.start()
-    assert fwd.flush(2.0) is True
-    spool.append(record("woken"))
-    fwd.notify()
-    deadline = time.monotonic() + 3
-    while spool.pending_count() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert [r["task_id"] for r in receiver.records] == ["woken"]
-    fwd.stop()
+    assert spool.backoff(receiver.url) is None
 
 
 def test_item_rejected_by_receiver_is_quarantined_and_the_rest_acked(
@@ -201,8 +187,7 @@ def test_wrong_secret_keeps_rows_and_logs_the_fix(
     spool.append(record())
     fwd = forwarder(spool, receiver.url)
     with caplog.at_level(logging.WARNING, logger="airflow_bkci"):
-        assert fwd.flush(3.0) is False
-    fwd.stop()
+        assert fwd.send_now(3.0) is False
     assert spool.pending_count() == 1
     assert receiver.records == []
     messages = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
@@ -286,16 +271,51 @@ def test_relay_forever_backs_off_after_failures(spool: Spool) -> None:
     assert len(sleeps) == 3 and spool.pending_count() == 1
 
 
-def test_flush_after_a_failed_pass_does_not_try_again(spool: Spool, receiver: Receiver) -> None:
-    # A task runner's exit must not wait on a receiver that just failed.
+def test_a_failure_makes_every_forwarder_on_the_host_skip_until_the_backoff_ends(
+    spool: Spool, receiver: Receiver, tmp_path: Path
+) -> None:
+    # A task runner's exit must not wait on a receiver that just failed,
+    # whichever process on the host saw it fail.
     receiver.status = 500
     spool.append(record())
+    assert forwarder(spool, receiver.url).send_now(5.0) is False
+    tried = len(receiver.auth)
+    state = spool.backoff(receiver.url)
+    assert state is not None and state.failures == 1 and "HTTP 500" in state.error
+    assert state.retry_at > time.time()
+
+    other_process = Spool(tmp_path / "spool.db")  # another task runner's connection
+    assert forwarder(other_process, receiver.url).send_now(5.0) is False
+    assert len(receiver.auth) == tried  # skipped: no request at all
+    assert other_process.pending_count() == 1
+
+    receiver.status = 200
+    with other_process._lock:  # the backoff has run out
+        other_process._db().execute("UPDATE receiver_backoff SET retry_at = 0")
+    assert forwarder(other_process, receiver.url).send_now(5.0) is True
+    assert [r["task_id"] for r in receiver.records] == ["t"]
+    assert spool.backoff(receiver.url) is None  # forgotten for everyone
+    other_process.close()
+
+
+def test_failures_in_a_row_back_off_longer_and_honour_retry_after(
+    spool: Spool, receiver: Receiver
+) -> None:
+    receiver.status, receiver.headers = 503, {"Retry-After": "40"}
+    spool.append(record())
     fwd = forwarder(spool, receiver.url)
-    try:
-        assert fwd.flush(5.0) is False
-        tried = len(receiver.batches) + len(receiver.auth)
-        assert fwd.flush(5.0) is False
-        assert len(receiver.batches) + len(receiver.auth) == tried
-        assert spool.pending_count() == 1
-    finally:
-        fwd.stop()
+    delay = fwd.record_outcome(fwd.drain())
+    assert delay is not None and 39.0 <= delay <= 40.0
+    receiver.headers = {}
+    delays = [fwd.record_outcome(fwd.drain()) for _ in range(6)]
+    state = spool.backoff(receiver.url)
+    assert state is not None and state.failures == 7
+    assert all(d is not None for d in delays)
+    assert delays[-1] is not None and delays[-1] >= 8.0 > (delays[0] or 0.0)
+
+
+def test_relay_success_clears_the_hosts_backoff(spool: Spool, receiver: Receiver) -> None:
+    spool.receiver_failed(receiver.url, "HTTP 500", lambda _: 600.0)
+    spool.append(record())
+    assert relay(True, forwarder=forwarder(spool, receiver.url), echo=lambda _: None) == 0
+    assert spool.backoff(receiver.url) is None

@@ -17,7 +17,10 @@ import sqlalchemy as sa
 from airflow_bkci.store import Store
 from tests.services import require_postgres
 
-STORE_TABLES = "bkci_transition, bkci_node, bkci_build, bkci_pipeline, bkci_quarantine"
+STORE_TABLES = (
+    "bkci_transition, bkci_node, bkci_change, bkci_lane, bkci_endpoint, bkci_dead_letter, "
+    "bkci_build, bkci_pipeline, bkci_quarantine"
+)
 
 
 @pytest.fixture(scope="session")

@@ -171,6 +171,8 @@ async def ingest(
             log.warning("BK-CI ingest: status store unavailable", exc_info=True)
             raise _unavailable(f"{type(exc).__name__}: {exc}") from None
         raise
+    if valid and state.bkci_dispatcher is not None:
+        state.bkci_dispatcher.notify()  # new change sets, maybe: no need to wait for a poll
     if invalid:
         log.warning(
             "BK-CI ingest quarantined %d of %d records: %s",
