@@ -496,7 +496,7 @@ class AirflowStack:
             if time.monotonic() > deadline:
                 raise StackError(
                     f"{dag_id}/{run_id} still {state} after {timeout:.0f} s",
-                    tail(self.log_path("scheduler")),
+                    self._explain_or_tail(dag_id, run_id),
                 )
             time.sleep(0.5)
         return state
@@ -533,6 +533,13 @@ class AirflowStack:
         ]
         out += [f"  scheduler.log| {line}" for line in said[-lines:]]
         return "\n".join(out)
+
+    def _explain_or_tail(self, dag_id: str, run_id: str) -> str:
+        # Which tasks a stuck run waits on says more than the scheduler's last lines.
+        try:
+            return self.explain_run(dag_id, run_id)
+        except Exception as exc:  # the API itself may be what hangs
+            return f"(cannot explain the run: {exc})\n{tail(self.log_path('scheduler'))}"
 
     def task_instances(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
         """Every task instance of the run (mapped ones included), across pages."""

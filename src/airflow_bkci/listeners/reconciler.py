@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy import Engine, and_, create_engine, or_, select
 from sqlalchemy.orm import Session
 
-from airflow_bkci.listeners.forksafe import sqlite_section
+from airflow_bkci.forksafe import sqlite_section
 from airflow_bkci.listeners.observer import NEVER_RAN, Observer, observe_all
 from airflow_bkci.listeners.rows import RunRow, TaskRow
 from airflow_bkci.listeners.sink import EventSink

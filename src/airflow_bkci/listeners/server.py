@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session, object_session
 
 from airflow_bkci import conf
 from airflow_bkci.exceptions import ConfigError
-from airflow_bkci.listeners.forksafe import sqlite_section
+from airflow_bkci.forksafe import sqlite_section
 from airflow_bkci.listeners.observer import Observer, default_source
 from airflow_bkci.listeners.reconciler import AirflowReader, CatchUp, Reconciler
 from airflow_bkci.listeners.rows import RunRow, TaskRow
@@ -192,7 +192,10 @@ class ServerCollector:
                 # is down only delays the dispatcher's first pass.
                 from airflow_bkci.store import Store
 
-                self.dispatcher = dispatcher_from_conf(Store.from_conf())
+                # Reading the endpoints' connections may query Airflow's database,
+                # which is SQLite on a laptop: keep forks out (airflow_bkci.forksafe).
+                with sqlite_section("sqlite"):
+                    self.dispatcher = dispatcher_from_conf(Store.from_conf())
             except Exception:
                 log.warning("bkci: dispatcher not started", exc_info=True)
                 return

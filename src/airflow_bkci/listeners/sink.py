@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable
 
 from tenacity import wait_exponential_jitter
 
-from airflow_bkci.listeners.forksafe import sqlite_section
+from airflow_bkci.forksafe import sqlite_section
 from airflow_bkci.model.event import StatusEvent
 from airflow_bkci.spool.forwarder import backoff_delay
 

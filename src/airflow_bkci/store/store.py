@@ -14,6 +14,7 @@ from sqlalchemy import Connection, insert
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from airflow_bkci.exceptions import StoreUnavailable
+from airflow_bkci.forksafe import sqlite_section
 from airflow_bkci.model.event import StatusEvent, utcnow
 from airflow_bkci.model.fsm import NodeState
 from airflow_bkci.model.status import BuildStatus
@@ -36,6 +37,8 @@ class Store:
 
     def __init__(self, url: str, *, record_to: str | Path | None = None) -> None:
         self.engine = create_store_engine(url)
+        # Held around every transaction: see airflow_bkci.forksafe.
+        self._fork_guard = sqlite_section(self.engine.url)
         # Every applied batch is appended here ([bkci] record_events_to), for replay.
         self.recorder = Recorder(record_to) if record_to else None
 
@@ -50,7 +53,7 @@ class Store:
 
     def migrate(self) -> None:
         """Create or upgrade the tables; safe from several processes at once."""
-        with self._errors("migrate"):
+        with self._fork_guard, self._errors("migrate"):
             migrate.upgrade(self.engine)
 
     def apply(self, events: Sequence[StatusEvent]) -> ApplyResult:
@@ -131,11 +134,12 @@ class Store:
             return queries.node_states(conn, build_id)
 
     def dispose(self) -> None:
-        self.engine.dispose()
+        with self._fork_guard:  # closing an SQLite connection is SQLite work too
+            self.engine.dispose()
 
     @contextmanager
     def _write(self) -> Iterator[Connection]:
-        with self._errors("write"), self.engine.connect() as conn:
+        with self._fork_guard, self._errors("write"), self.engine.connect() as conn:
             conn.execution_options(**{WRITE_OPTION: True})
             with conn.begin():
                 yield conn
@@ -153,7 +157,7 @@ class Store:
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:
-        with self._errors("read"), self.engine.connect() as conn, conn.begin():
+        with self._fork_guard, self._errors("read"), self.engine.connect() as conn, conn.begin():
             yield conn
 
     @contextmanager
