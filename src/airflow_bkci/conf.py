@@ -87,6 +87,10 @@ def reconcile_interval() -> float:
     return _float("reconcile_interval", 0.5)
 
 
+def spool_poll_interval() -> float:
+    return _float("spool_poll_interval", 0.1)
+
+
 def recent_window() -> float:
     return _float("recent_window", 60.0)
 

@@ -61,6 +61,15 @@ OPTIONS: dict[str, dict[str, Any]] = {
         "0.5",
         "2.0",
     ),
+    "spool_poll_interval": _option(
+        "Seconds between two reads of this host's spool by the scheduler, which applies "
+        "the records task runners on its host spooled (LocalExecutor): a task's RUNNING "
+        "is then reported while it runs, not at its exit. 0 leaves the spool to the task "
+        "runners, which send it to the ingest route at their exit.",
+        "float",
+        "0.1",
+        "0",
+    ),
     "recent_window": _option(
         "Runs that ended less than this many seconds before the last successful "
         "reconcile are still read, so their last changes are not missed.",

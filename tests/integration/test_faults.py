@@ -129,6 +129,30 @@ def test_bad_ingest_requests_are_rejected_with_reasons(sqlite_stack):
 
 
 @pytest.mark.postgres
+def test_ingest_down_the_scheduler_reads_the_spool_of_its_host(pg_stack):
+    # LocalExecutor: the task runners share the scheduler's host, whose spool
+    # reader brings their records in with the ingest route cut, and no relay.
+    stack = pg_stack
+    store = Store(stack.store_url)
+    stack.faults.ingest_proxy.cut()
+    try:
+        run_id = stack.trigger("bkci_failure")
+        assert stack.wait_run("bkci_failure", run_id, timeout=180) == "failed"
+
+        def error() -> Any:
+            tree = store.build_tree(build_id_for("bkci_failure", run_id))
+            return tree and tasks_of(tree)["deploy"]["error"]
+
+        assert _eventually(error, 30, "error summary") == (
+            "RuntimeError: deploy target unreachable: db-01"
+        )
+        assert _eventually(lambda: _spool(stack).pending_count() == 0, 10, "spool read")
+    finally:
+        stack.faults.ingest_proxy.restore()
+    store.dispose()
+
+
+@pytest.mark.postgres
 def test_store_down_for_a_while_loses_nothing(pg_stack):
     stack = pg_stack
     proxy = stack.faults.store_proxy

@@ -30,6 +30,7 @@ from airflow_bkci.model.event import AUTHORITATIVE_SOURCE, StatusEvent
 
 if TYPE_CHECKING:
     from airflow_bkci.channels.dispatcher import Dispatcher
+    from airflow_bkci.listeners.spool_reader import SpoolReader
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +111,7 @@ class ServerCollector:
         self.observer = Observer(default_source("hook"))
         self.reconciler: Reconciler | None = None
         self.dispatcher: Dispatcher | None = None
+        self.spool_reader: SpoolReader | None = None
         self._lock = threading.Lock()
 
     def _applied(self) -> None:
@@ -171,7 +173,28 @@ class ServerCollector:
             )
             self.reconciler.start()
             log.info("bkci: reconciler started (every %.1fs)", self.reconciler.interval)
+        self.start_spool_reader()
         self.start_dispatcher()
+
+    def start_spool_reader(self) -> None:
+        """Read the records this host's task runners spool, while their tasks run."""
+        from airflow_bkci.listeners.spool_reader import SpoolReader
+        from airflow_bkci.spool.spool import Spool
+
+        with self._lock:
+            if self.spool_reader is not None:
+                return
+            interval = conf.spool_poll_interval()
+            if interval <= 0:
+                log.info("bkci: [bkci] spool_poll_interval is 0; task runners send their spool")
+                return
+            path = conf.spool_path()
+            # A short busy timeout: a fork of the scheduler waits while we are in SQLite.
+            self.spool_reader = SpoolReader(
+                lambda: Spool(path, busy_timeout=1.0), self.sink, interval=interval
+            )
+            self.spool_reader.start()
+            log.info("bkci: reading the spool %s every %.2fs", path, interval)
 
     def start_dispatcher(self) -> None:
         """Deliver the outbox from this process too (several dispatchers share lanes safely)."""
@@ -211,6 +234,8 @@ class ServerCollector:
     def stop(self, timeout: float = 5.0) -> None:
         if self.reconciler is not None:
             self.reconciler.stop(timeout)
+        if self.spool_reader is not None:
+            self.spool_reader.stop(timeout)
         self.sink.stop(timeout)
         if self.dispatcher is not None:
             self.dispatcher.stop(timeout)

@@ -19,7 +19,7 @@ import httpx
 from tenacity import RetryCallState, Retrying, wait_exponential_jitter
 
 from airflow_bkci.exceptions import BkciError, InvalidEvent
-from airflow_bkci.spool.records import record_to_event
+from airflow_bkci.spool.records import event_from_text
 from airflow_bkci.spool.spool import Spool
 
 __all__ = ["BatchResult", "Forwarder", "backoff_delay"]
@@ -196,15 +196,9 @@ class Forwarder:
 
     def _local_reject(self, text: str) -> str | None:
         try:
-            record = json.loads(text)
-        except ValueError as exc:
-            return f"not JSON: {exc}"
-        try:
-            record_to_event(record)
+            event_from_text(text)
         except InvalidEvent as exc:
             return exc.reason
-        except Exception as exc:  # a record the model itself refuses
-            return f"{type(exc).__name__}: {exc}"
         return None
 
     def _quarantine(self, row_id: int, reason: str, result: BatchResult) -> None:

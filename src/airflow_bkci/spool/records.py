@@ -14,6 +14,7 @@ Keys not listed here are ignored, so an older server accepts a newer worker.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any
@@ -22,7 +23,7 @@ from airflow_bkci.exceptions import InvalidEvent
 from airflow_bkci.model.event import NodeRef, StatusEvent
 from airflow_bkci.model.mapping import map_task_state
 
-__all__ = ["RECORD_VERSION", "record_to_event"]
+__all__ = ["RECORD_VERSION", "event_from_text", "record_to_event"]
 
 RECORD_VERSION = 1
 MAX_ID_LEN = 250  # Airflow's ID_LEN for dag_id, task_id, run_id
@@ -151,3 +152,17 @@ def record_to_event(record: object) -> StatusEvent:
         removed=mapped.removed,
         fields=fields,
     )
+
+
+def event_from_text(text: str) -> StatusEvent:
+    """A spooled row as an event; :class:`InvalidEvent` with the reason when it is none."""
+    try:
+        record = json.loads(text)
+    except ValueError as exc:
+        raise InvalidEvent(f"not JSON: {exc}") from None
+    try:
+        return record_to_event(record)
+    except InvalidEvent:
+        raise
+    except Exception as exc:  # a record the model itself refuses
+        raise InvalidEvent(f"{type(exc).__name__}: {exc}", record) from exc
