@@ -159,3 +159,23 @@ def retry_schedule() -> tuple[float, ...]:
 
 def outbox_retention_days() -> float:
     return _float("outbox_retention_days", 7.0)
+
+
+def cancel_atomic_limit() -> int:
+    """Most builds one cancel changes in a single transaction (``[bkci] cancel_atomic_limit``)."""
+    return max(1, int(_float("cancel_atomic_limit", 5000)))
+
+
+def cancel_max_builds() -> int:
+    """Most builds one request may name, chunked or not (``[bkci] cancel_max_builds``)."""
+    return max(1, int(_float("cancel_max_builds", 50000)))
+
+
+def cancel_lock_timeout() -> float:
+    """Seconds a cancel waits for one row lock before it retries the whole transaction."""
+    return max(0.05, _float("cancel_lock_timeout", 3.0))
+
+
+def cancel_attempts() -> int:
+    """How many times a cancel's transaction is tried on lock timeouts and deadlocks."""
+    return max(1, int(_float("cancel_attempts", 5)))

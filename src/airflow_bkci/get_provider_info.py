@@ -61,6 +61,34 @@ OPTIONS: dict[str, dict[str, Any]] = {
         "0.5",
         "2.0",
     ),
+    "cancel_atomic_limit": _option(
+        "Most builds one batch cancel changes in a single all-or-nothing transaction. A larger "
+        "request is refused with this limit in the message unless the caller asks for chunked "
+        "mode (atomic batches of this size, one after the other).",
+        "integer",
+        "5000",
+        "2000",
+    ),
+    "cancel_max_builds": _option(
+        "Most builds one cancel request may name, chunked or not.",
+        "integer",
+        "50000",
+        "10000",
+    ),
+    "cancel_lock_timeout": _option(
+        "Seconds a cancel waits for a row lock (PostgreSQL lock_timeout, SQLite busy timeout) "
+        "before it rolls back and tries the whole transaction again.",
+        "float",
+        "3.0",
+        "1.0",
+    ),
+    "cancel_attempts": _option(
+        "How many times a cancel's transaction is tried when it meets a lock timeout or a "
+        "deadlock (exponential backoff with jitter in between).",
+        "integer",
+        "5",
+        "10",
+    ),
     "spool_poll_interval": _option(
         "Seconds between two reads of this host's spool by the scheduler, which applies "
         "the records task runners on its host spooled (LocalExecutor): a task's RUNNING "

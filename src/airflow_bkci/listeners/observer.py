@@ -20,7 +20,7 @@ from typing import Any
 from airflow_bkci.listeners.rows import RunRow, TaskRow
 from airflow_bkci.model.event import NodeRef, StatusEvent, utcnow
 from airflow_bkci.model.layout import TaskPlace
-from airflow_bkci.model.mapping import map_run_state, map_task_state
+from airflow_bkci.model.mapping import Mapped, canceled_task, map_run_state, map_task_state
 from airflow_bkci.model.status import BuildStatus, Rank
 
 HistoryLoader = Callable[[TaskRow, int], list[TaskRow]]
@@ -125,16 +125,27 @@ class Observer:
 
     # ----------------------------------------------------------------- runs
     def observe_run(self, run: RunRow) -> list[StatusEvent]:
-        signature = (run.state, run.clear_number, run.start_date, run.end_date, run.note)
+        signature = (
+            run.state,
+            run.clear_number,
+            run.start_date,
+            run.end_date,
+            run.note,
+            run.canceled,
+        )
         key = (run.dag_id, run.run_id)
         if self._runs.get(key) == signature or run.state is None:
             return []
         self._runs[key] = signature
         mapped = map_run_state(run.state)
+        if run.canceled is not None:
+            # CANCELED as soon as the cancel commits, teardowns still running or not
+            mapped = Mapped(BuildStatus.CANCELED, Rank.CANCELED, "canceled")
         at = {
             Rank.SCHEDULED: run.queued_at,
             Rank.RUNNING: run.start_date,
             Rank.FINISHED: run.end_date,
+            Rank.CANCELED: run.canceled.canceled_at if run.canceled else None,
         }.get(mapped.rank) or self._now()
         fields = {
             "run_type": run.run_type,
@@ -147,6 +158,12 @@ class Observer:
             "ended_at": _iso(run.end_date),
             "note": run.note,
         }
+        if run.canceled is not None:
+            fields.update(
+                cancel_reason=run.canceled.reason,
+                canceled_by=run.canceled.canceled_by,
+                cancel_id=run.canceled.cancel_id,
+            )
         node = NodeRef(run.dag_id, run.run_id)
         return [
             self._event(
@@ -179,11 +196,14 @@ class Observer:
             row.end_date,
             row.queued_dttm,
             row.scheduled_dttm,
+            row.canceled,
         )
         seen = self._tasks.get(row.ti_key)
         if seen is not None and seen.signature == signature:
             return []
         mapped = map_task_state(row.state, resuming=row.resuming)
+        if row.canceled and mapped.rank is Rank.FINISHED:
+            mapped = canceled_task(row.state)
         try_number = effective_try(row)
         events: list[StatusEvent] = []
         if history is not None and try_number > 1:
@@ -210,7 +230,7 @@ class Observer:
         return events
 
     def _state_time(self, row: TaskRow, rank: Rank, *, first: bool) -> datetime:
-        if rank is Rank.FINISHED and row.end_date is not None:
+        if rank.is_final and row.end_date is not None:
             return row.end_date
         if rank is Rank.RUNNING and first and row.start_date is not None and not row.resuming:
             return row.start_date

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from airflow_bkci.forksafe import sqlite_section
 from airflow_bkci.listeners.observer import NEVER_RAN, Observer, observe_all
-from airflow_bkci.listeners.rows import RunRow, TaskRow
+from airflow_bkci.listeners.rows import CancelMark, RunRow, TaskRow
 from airflow_bkci.listeners.sink import EventSink
 from airflow_bkci.model.event import utcnow
 from airflow_bkci.model.layout import TaskPlace, dag_layout
@@ -60,6 +60,11 @@ class AirflowReader:
     def runs(self, since: datetime, extra: Sequence[tuple[str, str]] = ()) -> list[RunRow]:
         from airflow.models.dagrun import DagRun, DagRunNote
 
+        from airflow_bkci.cancel.marks import cancel_table, ensure_tables
+
+        ensure_tables(self.engine)
+        mark = cancel_table.c
+
         wanted = or_(DagRun.state.in_(("queued", "running")), DagRun.end_date >= since)
         if extra:
             wanted = or_(
@@ -81,8 +86,16 @@ class AirflowReader:
                 DagRun.end_date,
                 DagRunNote.content,
                 DagRun.created_dag_version_id,
+                mark.cancel_id,
+                mark.reason,
+                mark.canceled_by,
+                mark.canceled_at,
             )
             .outerjoin(DagRunNote, DagRunNote.dag_run_id == DagRun.id)
+            .outerjoin(
+                cancel_table,
+                and_(mark.dag_run_id == DagRun.id, mark.clear_number == DagRun.clear_number),
+            )
             .where(wanted)
         )
         with sqlite_section(self.engine.url), Session(self.engine) as session:
@@ -102,6 +115,7 @@ class AirflowReader:
                     r[11],
                     r[12],
                     r[13],
+                    CancelMark(r[14], r[15], r[16], r[17]) if r[14] is not None else None,
                 )
                 for r in session.execute(stmt)
             ]
@@ -110,11 +124,17 @@ class AirflowReader:
         from airflow.models.taskinstance import TaskInstance as TI
         from airflow.models.taskreschedule import TaskReschedule
 
+        from airflow_bkci.cancel.marks import canceled_tasks
+
         by_dag: dict[str, list[str]] = {}
         for run in runs:
             by_dag.setdefault(run.dag_id, []).append(run.run_id)
         rows: list[TaskRow] = []
         with sqlite_section(self.engine.url), Session(self.engine) as session:
+            # Which task tries a cancel ended: only read for runs that carry a marker.
+            killed = canceled_tasks(
+                session, [(r.dag_id, r.run_id) for r in runs if r.canceled is not None]
+            )
             for dag_id, run_ids in by_dag.items():
                 for start in range(0, len(run_ids), 500):
                     chunk = run_ids[start : start + 500]
@@ -144,6 +164,8 @@ class AirflowReader:
                         row = _task_row(r, resuming)
                         if (row.run_id, row.task_id, row.map_index, row.try_number) in closed:
                             row = replace(row, try_closed=True)
+                        if killed and (*row.ti_key, row.try_number) in killed:
+                            row = replace(row, canceled=True)
                         rows.append(row)
         return rows
 

@@ -7,6 +7,20 @@ from datetime import datetime
 
 
 @dataclass(frozen=True, slots=True)
+class CancelMark:
+    """Why and by whom a run was canceled (our marker next to Airflow's rows)."""
+
+    cancel_id: str
+    reason: str
+    canceled_by: str | None
+    canceled_at: datetime
+
+    @property
+    def summary(self) -> str:
+        return f"canceled by {self.canceled_by or 'unknown user'}: {self.reason}"
+
+
+@dataclass(frozen=True, slots=True)
 class RunRow:
     dag_id: str
     run_id: str
@@ -22,6 +36,7 @@ class RunRow:
     end_date: datetime | None
     note: str | None = None
     dag_version_id: object = None  # Airflow's UUID, passed back as is
+    canceled: CancelMark | None = None  # canceled in this clear of the run
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +60,7 @@ class TaskRow:
     label: str | None = None
     resuming: bool = False  # ran already in this try: deferral or reschedule
     try_closed: bool = False  # task_instance_history holds this try: cleared since
+    canceled: bool = False  # this try was ended by a cancel (bkci_cancel_task)
 
     @property
     def ti_key(self) -> tuple[str, str, str, int]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from airflow.listeners import hookimpl
@@ -24,7 +25,7 @@ from airflow_bkci.exceptions import ConfigError
 from airflow_bkci.forksafe import sqlite_section
 from airflow_bkci.listeners.observer import Observer, default_source
 from airflow_bkci.listeners.reconciler import AirflowReader, CatchUp, Reconciler
-from airflow_bkci.listeners.rows import RunRow, TaskRow
+from airflow_bkci.listeners.rows import CancelMark, RunRow, TaskRow
 from airflow_bkci.listeners.sink import EventSink
 from airflow_bkci.model.event import AUTHORITATIVE_SOURCE, StatusEvent
 
@@ -35,6 +36,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _PENDING = "bkci_pending_events"
+CANCEL_MARK_ATTR = "bkci_cancel_mark"
+"""Set by the cancel service on the objects it hands Airflow's listeners after its commit."""
 _UNFINISHED = ("QUEUE", "PREPARE_ENV", "RUNNING", "REVIEWING")
 
 
@@ -287,7 +290,11 @@ class ServerListener:
                 return
             c = collector()
             c.observer.forget_run(dag_run.dag_id, dag_run.run_id)
-            events = c.observer.observe_run(run_row(dag_run))
+            row = run_row(dag_run)
+            mark = getattr(dag_run, CANCEL_MARK_ATTR, None)
+            if isinstance(mark, CancelMark):  # told by the cancel service after its commit
+                row = replace(row, canceled=mark)
+            events = c.observer.observe_run(row)
             c.defer_until_commit(object_session(dag_run), events)
         except Exception:
             log.warning("bkci: could not record a DAG-run change", exc_info=True)
@@ -312,6 +319,8 @@ class ServerListener:
                 return
             c = collector()
             row = task_row(task_instance)
+            if isinstance(getattr(task_instance, CANCEL_MARK_ATTR, None), CancelMark):
+                row = replace(row, canceled=True)
             dag_run = task_instance.__dict__.get("dag_run")  # only if already loaded
             clear = dag_run.clear_number if dag_run is not None else 0
             c.observer.forget_run(row.dag_id, row.run_id)

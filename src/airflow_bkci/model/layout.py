@@ -72,3 +72,18 @@ def dag_layout(serialized: dict[str, Any]) -> dict[str, TaskPlace]:
         )
         for task_id in position
     }
+
+
+def teardown_tasks(serialized: dict[str, Any]) -> frozenset[str]:
+    """Task ids of the teardown tasks of a serialized DAG (mapped ones included).
+
+    A mapped task keeps ``is_teardown`` in its ``partial_kwargs``.
+    """
+    dag = serialized.get("dag", serialized)
+    found: set[str] = set()
+    for raw in dag.get("tasks", []):
+        task = raw.get("__var", raw)
+        partial = task.get("partial_kwargs") or {}
+        if task.get("is_teardown") or partial.get("is_teardown"):
+            found.add(task["task_id"])
+    return frozenset(found)

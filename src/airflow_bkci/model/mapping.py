@@ -70,3 +70,13 @@ def map_task_state(state: str | None, *, resuming: bool = False) -> Mapped:
 def map_run_state(state: str) -> Mapped:
     """Map a DAG-run state (enum or its value)."""
     return RUN_STATES[DagRunState(state)]
+
+
+def canceled_task(state: str | None) -> Mapped:
+    """What a task try ended by a cancel reports, whatever Airflow's row says.
+
+    The cancel turns running-like tasks to failed and never-started ones to
+    skipped, as Airflow's mark-failed does; both were canceled.
+    """
+    started = state == TaskInstanceState.FAILED.value
+    return Mapped(S.CANCELED, Rank.CANCELED, "canceled" if started else "canceled before start")

@@ -63,6 +63,11 @@ class Rank(enum.IntEnum):
     Deferral, reschedule and awaiting input all rank as RUNNING, so the loops
     they make (running -> deferred -> scheduled -> queued -> running) never look
     like a step backwards.
+
+    A cancel outranks every other end of its try: a task killed by a cancel
+    reports FAILED from its own process (and the run may end failed when its
+    teardowns finish), but the cancel is what happened. A new try or a clear
+    of the run still reopens the node.
     """
 
     PENDING = 0
@@ -70,6 +75,12 @@ class Rank(enum.IntEnum):
     QUEUED = 2
     RUNNING = 3
     FINISHED = 4
+    CANCELED = 5
+
+    @property
+    def is_final(self) -> bool:
+        """True for the ranks that end a try."""
+        return self >= Rank.FINISHED
 
 
 STATUS_RANK: dict[BuildStatus, Rank] = {
@@ -80,7 +91,7 @@ STATUS_RANK: dict[BuildStatus, Rank] = {
     BuildStatus.RETRY: Rank.FINISHED,
     BuildStatus.SUCCEED: Rank.FINISHED,
     BuildStatus.FAILED: Rank.FINISHED,
-    BuildStatus.CANCELED: Rank.FINISHED,
+    BuildStatus.CANCELED: Rank.CANCELED,
     BuildStatus.SKIP: Rank.FINISHED,
     BuildStatus.UNEXEC: Rank.FINISHED,
 }

@@ -45,6 +45,9 @@ _BUILD_FIELDS = (
     "ended_at",
     "note",
     "executor",
+    "cancel_reason",
+    "canceled_by",
+    "cancel_id",
 )
 
 

@@ -345,3 +345,23 @@ def test_a_clear_that_ends_without_running_reopens_with_the_next_try() -> None:
     unexec = ev(S.UNEXEC, clear_number=1, try_number=2, second=110 - 30, source="scheduler")
     assert state_after(succeeded, unexec).status is S.UNEXEC
     assert state_after(unexec, succeeded).status is S.UNEXEC
+
+
+def test_a_cancel_is_the_last_word_of_its_try_whatever_arrives_after() -> None:
+    # The killed task's own process reports FAILED seconds after the cancel.
+    canceled = ev(S.CANCELED, second=1, source="db@scheduler", detail="canceled")
+    failed_later = ev(S.FAILED, second=9, source="worker")
+    for order in ((canceled, failed_later), (failed_later, canceled)):
+        state, _ = fold(ev(S.RUNNING, second=0), *order)
+        assert state is not None
+        assert state.status is S.CANCELED
+        assert state.detail == "canceled"
+
+
+def test_a_new_try_after_a_cancel_reopens_the_task() -> None:
+    state, decisions = fold(
+        ev(S.CANCELED, second=1), ev(S.QUEUE, try_number=2, second=2), ev(S.SUCCEED, try_number=2, second=3)
+    )
+    assert state is not None
+    assert state.status is S.SUCCEED
+    assert decisions[1] is D.REOPEN

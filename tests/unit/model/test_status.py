@@ -30,7 +30,7 @@ RANKS = {
     S.RETRY: Rank.FINISHED,
     S.SUCCEED: Rank.FINISHED,
     S.FAILED: Rank.FINISHED,
-    S.CANCELED: Rank.FINISHED,
+    S.CANCELED: Rank.CANCELED,
     S.SKIP: Rank.FINISHED,
     S.UNEXEC: Rank.FINISHED,
 }
@@ -75,4 +75,4 @@ def test_values_are_the_bkci_names() -> None:
 
 
 def test_rank_order_follows_a_try() -> None:
-    assert Rank.PENDING < Rank.SCHEDULED < Rank.QUEUED < Rank.RUNNING < Rank.FINISHED
+    assert Rank.PENDING < Rank.SCHEDULED < Rank.QUEUED < Rank.RUNNING < Rank.FINISHED < Rank.CANCELED
