@@ -72,7 +72,7 @@ from airflow_bkci.model.layout import teardown_tasks
 log = logging.getLogger(__name__)
 
 RUNNING_LIKE = ("running", "deferred", "up_for_reschedule", "awaiting_input")
-"""Task states with a live process or trigger: they become failed (Airflow's mark-failed does too)."""
+"""Task states with a live process or trigger: they fail, as in Airflow's mark-failed."""
 FINISHED = ("success", "failed", "skipped", "upstream_failed", "removed")
 AUDIT_EVENT = "bkci_cancel"
 CHUNK = 1000
@@ -168,6 +168,7 @@ class CancelService:
         self.attempts = attempts
         self.notify_listeners = notify_listeners
         self.is_sqlite = engine.dialect.name == "sqlite"
+        self._notifiers: list[threading.Thread] = []
 
     @classmethod
     def from_airflow(cls, **overrides: Any) -> CancelService:
@@ -189,6 +190,20 @@ class CancelService:
         return cls(
             cancel_engine(settings.engine.url, lock_timeout), lock_timeout=lock_timeout, **options
         )
+
+    def wait_for_notifications(self, timeout: float) -> bool:
+        """Before a short-lived process exits: let the listeners hear of its cancels.
+
+        Also flushes this process's own collector, so our CANCELED events reach
+        the store. Returns False if something was still pending at the timeout.
+        """
+        deadline = time.monotonic() + timeout
+        for thread in self._notifiers:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        done = not any(t.is_alive() for t in self._notifiers)
+        from airflow_bkci.listeners.server import flush_collector
+
+        return flush_collector(max(0.0, deadline - time.monotonic())) and done
 
     # ------------------------------------------------------------ validation
     def plan(self, request: CancelRequest) -> Plan:
@@ -338,7 +353,8 @@ class CancelService:
                 progress("committed" if not request.dry_run else "dry run", done, len(plan.targets))
         result.seconds = time.perf_counter() - started
         if not request.dry_run and self.notify_listeners and result.changed:
-            notify_in_background(self.engine, result, request)
+            self._notifiers = [t for t in self._notifiers if t.is_alive()]
+            self._notifiers.append(notify_in_background(self.engine, result, request))
         log.info(
             "bkci: cancel %s by %s (%s): %d canceled, %d already finished%s",
             cancel_id,
@@ -356,7 +372,7 @@ class CancelService:
         attempts = 0
         retrying = Retrying(
             retry=retry_if_exception(is_lock_conflict),
-            wait=wait_exponential_jitter(initial=0.05, max=2.0),
+            wait=wait_exponential_jitter(multiplier=0.05, max=2.0, jitter=0.1),
             stop=stop_after_attempt(self.attempts),
             reraise=True,
             before_sleep=lambda state: log.warning(
@@ -463,7 +479,7 @@ class CancelService:
         cancel_id: str,
         now: datetime,
     ) -> set[int]:
-        """Marker rows, then failed/skipped, for one DAG's chunk; returns the runs with teardowns left."""
+        """Marker rows, then failed or skipped, per DAG chunk; returns runs with teardowns left."""
         from airflow.models.dagrun import DagRun
         from airflow.models.taskinstance import TaskInstance as TI
 

@@ -1,4 +1,4 @@
-"""The ``airflow-bkci`` command: demo, relay, status and outbox."""
+"""The ``airflow-bkci`` command: demo, relay, status, outbox and cancel."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import sys
 import threading
 from pathlib import Path
 
+from airflow_bkci.cli.cancel import add_cancel_parser
 from airflow_bkci.cli.outbox import add_outbox_parser
 from airflow_bkci.exceptions import BkciError
 
@@ -133,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     replay.add_argument("--store", help="store URL (default: [bkci] store_url)")
     replay.set_defaults(func=_replay_events)
     add_outbox_parser(sub)
+    add_cancel_parser(sub)
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))

@@ -258,6 +258,12 @@ def collector() -> ServerCollector:
         return _Holder.collector
 
 
+def flush_collector(timeout: float) -> bool:
+    """Wait until this process's collector applied what it was given (True if none exists)."""
+    running = _Holder.collector
+    return running.sink.flush(timeout) if running is not None else True
+
+
 def is_orm(obj: Any) -> bool:
     return hasattr(obj, "_sa_instance_state")
 

@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import time
+from pathlib import Path
 
-from airflow.sdk import dag, task
+from airflow.sdk import dag, get_current_context, task
+
+
+def _sleep_with_pid_file() -> None:
+    # The cancel tests check that the process is gone, by this pid.
+    ti = get_current_context()["ti"]
+    pids = Path(os.environ["AIRFLOW_HOME"]) / "pids"
+    pids.mkdir(exist_ok=True)
+    (pids / f"{ti.run_id}.{ti.task_id}.pid").write_text(str(os.getpid()))
+    time.sleep(900)
 
 
 @task
@@ -14,12 +25,12 @@ def prepare() -> None:
 
 @task(retries=0)
 def long_a() -> None:
-    time.sleep(900)
+    _sleep_with_pid_file()
 
 
 @task(retries=0)
 def long_b() -> None:
-    time.sleep(900)
+    _sleep_with_pid_file()
 
 
 @task
