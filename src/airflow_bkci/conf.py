@@ -179,3 +179,13 @@ def cancel_lock_timeout() -> float:
 def cancel_attempts() -> int:
     """How many times a cancel's transaction is tried on lock timeouts and deadlocks."""
     return max(1, int(_float("cancel_attempts", 5)))
+
+
+def cancel_previous() -> str:
+    """``[bkci] cancel_previous``: ``<dag id glob>=<group template>`` entries."""
+    return _get("cancel_previous")
+
+
+def cancel_previous_interval() -> float:
+    """Seconds between two cancel-previous passes in the scheduler; 0 turns them off."""
+    return _float("cancel_previous_interval", 1.0)

@@ -89,6 +89,21 @@ OPTIONS: dict[str, dict[str, Any]] = {
         "5",
         "10",
     ),
+    "cancel_previous": _option(
+        "Cancel-previous concurrency groups by DAG id: <dag id glob>=<group key template> "
+        "entries, one per line or separated by ';'. When a newer queued or running run of a "
+        "group appears, the scheduler cancels the group's earlier ones. DAGs can opt in with "
+        "the tag 'bkci:cancel-previous' (one group per DAG) or 'bkci:group=<template>' instead.",
+        "string",
+        "",
+        "deploy_*={{ conf.get('branch', 'main') }}",
+    ),
+    "cancel_previous_interval": _option(
+        "Seconds between two cancel-previous checks in the scheduler; 0 turns the feature off.",
+        "float",
+        "1.0",
+        "5.0",
+    ),
     "spool_poll_interval": _option(
         "Seconds between two reads of this host's spool by the scheduler, which applies "
         "the records task runners on its host spooled (LocalExecutor): a task's RUNNING "

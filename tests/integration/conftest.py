@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from collections.abc import Iterator
@@ -14,11 +15,13 @@ from sqlalchemy.engine import make_url
 from airflow_bkci.devstack import AirflowStack
 from airflow_bkci.example_dags import EXPECTED_STATES, FOLDER
 from airflow_bkci.store import Store
+from tests.integration.auth_manager import LIMITED_PASSWORD, LIMITED_USER
 from tests.proxy import TcpProxy
 from tests.services import require_postgres
 from tests.webhook import ReceiverProcess
 
 TEST_DAGS = Path(__file__).parent / "dags"
+REPO = Path(__file__).parents[2]
 
 RUN_TIMEOUT = 240.0
 
@@ -46,12 +49,15 @@ def _stack(home: Path, backend: str) -> Iterator[AirflowStack]:
     # schedulers' dispatchers send; retries are quick so fault tests settle fast.
     receiver = ReceiverProcess(home / "receiver")
     hook = {"conn_type": "bkci_webhook", "host": receiver.url, "password": receiver.secret}
+    # The Airflow processes import the test auth manager from this repository.
+    python_path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
     stack = AirflowStack(
         home=home,
         dags_folder=dags,
         backend=backend,
-        env={"AIRFLOW_CONN_BKCI_TEST_HOOK": json.dumps(hook)},
+        env={"AIRFLOW_CONN_BKCI_TEST_HOOK": json.dumps(hook), "PYTHONPATH": python_path},
     )
+    _configure_users(stack, home)
     stack.configure("bkci", "webhook_conn_ids", "bkci_test_hook")
     stack.configure("bkci", "retry_schedule", "0.2,0.5,1,1,1,1,1,1,1,1")
     # Workers reach the ingest route, and the collectors the PostgreSQL store,
@@ -87,6 +93,20 @@ def _stack(home: Path, backend: str) -> Iterator[AirflowStack]:
         ingest.close()
         if store is not None:
             store.close()
+
+
+def _configure_users(stack: AirflowStack, home: Path) -> None:
+    """Real users, so requests without a token are refused (all-admins lets everything in).
+
+    ``admin``/``admin`` keeps ``stack.token()`` working; ``LIMITED_USER`` may not
+    change ``bkci_cancel_teardown`` (see ``auth_manager.py``).
+    """
+    passwords = home / "simple_auth_manager_passwords.json"
+    passwords.write_text(json.dumps({"admin": "admin", LIMITED_USER: LIMITED_PASSWORD}))
+    stack.configure("core", "auth_manager", "tests.integration.auth_manager.RestrictedAuthManager")
+    stack.configure("core", "simple_auth_manager_all_admins", "False")
+    stack.configure("core", "simple_auth_manager_users", f"admin:admin,{LIMITED_USER}:user")
+    stack.configure("core", "simple_auth_manager_passwords_file", str(passwords))
 
 
 def run_examples(stack: AirflowStack) -> ExampleRuns:

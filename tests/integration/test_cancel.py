@@ -8,14 +8,16 @@ status every receiver is told.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -372,7 +374,7 @@ svc.cancel(CancelRequest(reason="killed after commit", user="crash", runs=[({LON
 os.kill(os.getpid(), signal.SIGKILL)  # before any listener hears of it
 """
     proc = subprocess.run(
-        [sys.executable, "-c", script], env={**os.environ}, capture_output=True, timeout=120
+        [sys.executable, "-c", script], capture_output=True, timeout=120, check=False
     )
     assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
     tree = wait_stored(pg, LONG, run_id, "CANCELED")
@@ -388,29 +390,20 @@ def test_overlapping_cancels_racing_the_scheduler_end_consistent(pg, pg_service)
         runs = [pg.trigger(RACE) for _ in range(8)]
         first = rng.sample(runs, 5)
         second = rng.sample(runs, 5)
-        results: dict[str, Any] = {}
-        errors: list[BaseException] = []
 
-        def cancel(name: str, targets: list[str], delay: float) -> None:
+        def cancel(name: str, targets: list[str], delay: float, round_: int = round_) -> Any:
             time.sleep(delay)
-            try:
-                results[name] = pg_service.cancel(
-                    CancelRequest(
-                        reason=f"race {round_}", user=name, runs=[(RACE, r) for r in targets]
-                    )
-                )
-            except BaseException as exc:
-                errors.append(exc)
+            request = CancelRequest(
+                reason=f"race {round_}", user=name, runs=[(RACE, r) for r in targets]
+            )
+            return pg_service.cancel(request)
 
-        threads = [
-            threading.Thread(target=cancel, args=("one", first, rng.uniform(0.0, 3.0))),
-            threading.Thread(target=cancel, args=("two", second, rng.uniform(0.0, 3.0))),
-        ]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(120)
-        assert not errors, errors
+        with ThreadPoolExecutor(2) as pool:
+            futures = {
+                name: pool.submit(cancel, name, targets, rng.uniform(0.0, 3.0))
+                for name, targets in (("one", first), ("two", second))
+            }
+            results = {name: f.result(timeout=120) for name, f in futures.items()}
         for run_id in runs:
             pg.wait_run(RACE, run_id, timeout=120)
 
@@ -433,3 +426,60 @@ def test_overlapping_cancels_racing_the_scheduler_end_consistent(pg, pg_service)
                 assert marks == []
                 assert state == "success" and states == {"success"}
                 wait_stored(pg, RACE, run_id, "SUCCEED")
+
+
+GROUP = "bkci_cancel_group"
+
+
+def test_a_newer_run_of_a_branch_cancels_the_earlier_ones(stack):
+    """max_active_runs=1: three quick runs on a branch, one on another; the newest of each runs."""
+    a1, a2, a3 = (stack.trigger(GROUP, conf={"branch": "feature-a"}) for _ in range(3))
+    b1 = stack.trigger(GROUP, conf={"branch": "feature-b"})
+
+    assert stack.wait_run(GROUP, a3, timeout=120) == "success"
+    assert stack.wait_run(GROUP, b1, timeout=120) == "success"
+    for superseded in (a1, a2):
+        assert stack.wait_run(GROUP, superseded, timeout=60) == "failed"
+        ((who, reason),) = sql(
+            stack, "SELECT canceled_by, reason FROM bkci_cancel WHERE run_id=:r", r=superseded
+        )
+        assert who == "bkci:cancel-previous"
+        # by a3, or by a2 if a pass ran between two triggers
+        assert reason in {f"superseded by {GROUP}/{r} (group 'feature-a')" for r in (a2, a3)}
+        tree = wait_stored(stack, GROUP, superseded, "CANCELED")
+        assert tree["canceled_by"] == "bkci:cancel-previous"
+    for newest in (a3, b1):
+        assert sql(stack, "SELECT count(*) FROM bkci_cancel WHERE run_id=:r", r=newest)[0][0] == 0
+        wait_stored(stack, GROUP, newest, "SUCCEED")
+
+
+def test_the_command_previews_cancels_and_refuses(stack):
+    (run_id,) = start_long_runs(stack, 1)
+    command = [str(Path(sys.executable).parent / "airflow-bkci"), "cancel"]
+    env = {**os.environ, **stack.env()}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*command, *args], env=env, capture_output=True, text=True, timeout=120, check=False
+        )
+
+    preview = cli(f"{LONG}/{run_id}", "--reason", "preview", "--dry-run")
+    assert preview.returncode == 0, preview.stderr
+    (row,) = [line for line in preview.stdout.splitlines() if line.endswith(run_id)]
+    assert row.split()[2:7] == ["running", "canceled", "2", "1", "0"]
+    assert "would change" in preview.stdout
+    assert sql(stack, "SELECT state FROM dag_run WHERE run_id=:r", r=run_id)[0][0] == "running"
+
+    refused = cli(f"{LONG}/{run_id}", f"{LONG}/nope", "--reason", "x")
+    assert refused.returncode == 2
+    assert f"1 unknown builds: {LONG}/nope" in refused.stderr
+    assert sql(stack, "SELECT state FROM dag_run WHERE run_id=:r", r=run_id)[0][0] == "running"
+
+    done = cli(f"{LONG}/{run_id}", "--reason", "from the shell", "--user", "carol", "--json")
+    assert done.returncode == 0, done.stderr
+    body = json.loads(done.stdout)
+    assert body["summary"]["canceled"] == 1
+    assert sql(stack, "SELECT canceled_by FROM bkci_cancel WHERE run_id=:r", r=run_id) == [
+        ("carol",)
+    ]
+    wait_stored(stack, LONG, run_id, "CANCELED")

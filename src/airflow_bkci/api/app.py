@@ -7,13 +7,18 @@ import os
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from fastapi import FastAPI
 
 from airflow_bkci.model.event import StatusEvent
 
-__all__ = ["DEFAULT_MAX_BODY_BYTES", "DEFAULT_MAX_ITEMS", "StoreProvider", "create_app"]
+if TYPE_CHECKING:
+    from airflow_bkci.api.routes.cancel import CancelBackend
+
+__all__ = ["DEFAULT_MAX_BODY_BYTES", "DEFAULT_MAX_ITEMS", "Lazy", "StoreProvider", "create_app"]
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -37,24 +42,37 @@ def _default_store() -> IngestStore:
     return store  # type: ignore[no-any-return]
 
 
-class StoreProvider:
-    """Builds the process-wide store on first use; retries on the next call if that fails."""
+class Lazy(Generic[T]):
+    """Builds a process-wide object on first use; retries on the next call if that fails."""
 
-    def __init__(self, factory: Callable[[], IngestStore] = _default_store) -> None:
+    def __init__(self, factory: Callable[[], T]) -> None:
         self._factory = factory
         self._lock = threading.Lock()
-        self._store: IngestStore | None = None
+        self._made: T | None = None
 
     @property
     def ready(self) -> bool:
-        return self._store is not None
+        return self._made is not None
 
-    def get(self) -> IngestStore:
-        if self._store is None:
+    def get(self) -> T:
+        if self._made is None:
             with self._lock:
-                if self._store is None:
-                    self._store = self._factory()
-        return self._store
+                if self._made is None:
+                    self._made = self._factory()
+        return self._made
+
+
+class StoreProvider(Lazy[IngestStore]):
+    """The status store, opened (and migrated) on first use."""
+
+    def __init__(self, factory: Callable[[], IngestStore] = _default_store) -> None:
+        super().__init__(factory)
+
+
+def _default_cancel_service() -> CancelBackend:
+    from airflow_bkci.cancel import CancelService
+
+    return CancelService.from_airflow()
 
 
 def _conf_secret() -> str:
@@ -117,13 +135,14 @@ def create_app(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     max_items: int = DEFAULT_MAX_ITEMS,
     dispatcher_factory: Callable[[], Notifiable | None] = _conf_dispatcher,
+    cancel_factory: Callable[[], CancelBackend] | None = None,
 ) -> FastAPI:
-    """Build the app; the defaults read ``[bkci]`` and open the store lazily."""
-    from airflow_bkci.api.routes import health, ingest
+    """Build the app; the defaults read ``[bkci]`` and open the store and cancel service lazily."""
+    from airflow_bkci.api.routes import cancel, health, ingest
 
     app = FastAPI(
         title="BK-CI build status",
-        description="Ingest of worker records and build status for airflow-bkci.",
+        description="Ingest of worker records, build status and batch cancel for airflow-bkci.",
         lifespan=_lifespan(dispatcher_factory),
     )
     app.state.bkci_dispatcher = None
@@ -131,6 +150,8 @@ def create_app(
     app.state.bkci_secret = secret or _conf_secret
     app.state.bkci_max_body_bytes = max_body_bytes
     app.state.bkci_max_items = max_items
+    app.state.bkci_cancel = Lazy(cancel_factory or _default_cancel_service)
     app.include_router(ingest.router)
     app.include_router(health.router)
+    app.include_router(cancel.router)
     return app

@@ -28,6 +28,14 @@ class CancelRejected(BkciError):
         super().__init__("; ".join(self.problems))
 
 
+class CancelForbidden(CancelRejected):
+    """The caller may not change some of the DAGs the cancel would touch; nothing changed."""
+
+    def __init__(self, message: str, dags: Sequence[str]) -> None:
+        self.dags = sorted(dags)
+        super().__init__([message], status=403)
+
+
 @dataclass(frozen=True)
 class RunFilter:
     """Which builds to cancel when no ids are given; every part narrows the set.

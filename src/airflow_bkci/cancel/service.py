@@ -178,7 +178,7 @@ class CancelService:
         from airflow_bkci import conf
 
         if settings.engine is None:
-            settings.configure_orm()
+            settings.configure_orm()  # type: ignore[no-untyped-call]
         assert settings.engine is not None
         lock_timeout = overrides.pop("lock_timeout", conf.cancel_lock_timeout())
         options: dict[str, Any] = {
@@ -209,21 +209,24 @@ class CancelService:
     def plan(self, request: CancelRequest) -> Plan:
         """Validate the request and find its targets; raises :class:`CancelRejected`."""
         problems = request.problems()
-        if len(request.runs) > self.max_builds:
-            problems.append(
-                f"{len(request.runs)} builds named; one request may name at most {self.max_builds}"
-            )
         if problems:
             raise CancelRejected(problems)
+        if len(request.runs) > self.max_builds:
+            raise CancelRejected(
+                [f"{len(request.runs)} builds named; one request names at most {self.max_builds}"],
+                status=413,
+            )
         ensure_tables(self.engine)
         with self.engine.connect() as conn:
+            duplicates: list[RunKey] = []
             if request.filter is not None:
-                targets, duplicates = self._filtered(conn, request), []
+                targets = self._filtered(conn, request)
             else:
                 targets, duplicates = self._named(conn, request.runs)
             if len(targets) > self.max_builds:
                 raise CancelRejected(
-                    [f"{len(targets)} builds match; one request cancels at most {self.max_builds}"]
+                    [f"{len(targets)} builds match; one request cancels at most {self.max_builds}"],
+                    status=413,
                 )
             if len(targets) > self.atomic_limit and not request.chunked:
                 raise CancelRejected(
@@ -330,10 +333,23 @@ class CancelService:
                 yield dag_id, list(part)
 
     # ------------------------------------------------------------- execution
-    def cancel(self, request: CancelRequest, progress: Progress | None = None) -> CancelResult:
-        """Validate, then cancel in one transaction (or atomic batches in chunked mode)."""
+    def cancel(
+        self,
+        request: CancelRequest,
+        progress: Progress | None = None,
+        *,
+        authorize: Callable[[Plan], None] | None = None,
+    ) -> CancelResult:
+        """Validate, then cancel in one transaction (or atomic batches in chunked mode).
+
+        ``authorize`` sees the plan (its DAGs) before anything is locked and
+        raises (e.g. :class:`CancelForbidden`) to refuse it; the cancel then
+        changes exactly the builds it approved, or fewer if some finished.
+        """
         started = time.perf_counter()
         plan = self.plan(request)
+        if authorize is not None:
+            authorize(plan)
         cancel_id = str(uuid.uuid4())
         result = CancelResult(
             cancel_id, request.dry_run, [], plan.duplicates, batches=0, attempts=0
@@ -714,13 +730,13 @@ class CancelService:
             if not ids:
                 continue
             by_run = {t.run_id: t.id for t in part}
-            stmt = select(ti.run_id, ti.task_id, ti.map_index).where(
+            pending = select(ti.run_id, ti.task_id, ti.map_index).where(
                 ti.dag_id == dag_id,
                 ti.run_id.in_(list(by_run)),
                 ti.task_id.in_(ids),
                 or_(ti.state.is_(None), ti.state.not_in(FINISHED)),
             )
-            for run_id, task_id, map_index in conn.execute(stmt):
+            for run_id, task_id, map_index in conn.execute(pending):
                 results[by_run[run_id]].teardowns.append(_task_key(task_id, map_index))
         for result in results.values():
             result.failed.sort()

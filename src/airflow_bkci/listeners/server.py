@@ -31,6 +31,7 @@ from airflow_bkci.model.event import AUTHORITATIVE_SOURCE, StatusEvent
 
 if TYPE_CHECKING:
     from airflow_bkci.channels.dispatcher import Dispatcher
+    from airflow_bkci.listeners.cancel_previous import CancelPrevious
     from airflow_bkci.listeners.spool_reader import SpoolReader
 
 log = logging.getLogger(__name__)
@@ -115,6 +116,7 @@ class ServerCollector:
         self.reconciler: Reconciler | None = None
         self.dispatcher: Dispatcher | None = None
         self.spool_reader: SpoolReader | None = None
+        self.cancel_previous: CancelPrevious | None = None
         self._lock = threading.Lock()
 
     def _applied(self) -> None:
@@ -178,6 +180,32 @@ class ServerCollector:
             log.info("bkci: reconciler started (every %.1fs)", self.reconciler.interval)
         self.start_spool_reader()
         self.start_dispatcher()
+        self.start_cancel_previous()
+
+    def start_cancel_previous(self) -> None:
+        """Cancel the earlier runs of a concurrency group when a newer one appears."""
+        from airflow_bkci.cancel.groups import parse_config
+        from airflow_bkci.cancel.service import CancelService
+        from airflow_bkci.listeners.cancel_previous import CancelPrevious
+
+        with self._lock:
+            if self.cancel_previous is not None:
+                return
+            try:
+                interval = conf.cancel_previous_interval()
+                config = parse_config(conf.cancel_previous())
+                if interval <= 0:
+                    log.info("bkci: [bkci] cancel_previous_interval is 0; no cancel-previous")
+                    return
+                service = CancelService.from_airflow()
+            except Exception as exc:
+                log.error("bkci: cancel-previous not started: %s", exc)
+                return
+            self.cancel_previous = CancelPrevious(
+                service.engine, service.cancel, config, interval=interval
+            )
+            self.cancel_previous.start()
+            log.info("bkci: cancel-previous groups checked every %.1fs", interval)
 
     def start_spool_reader(self) -> None:
         """Read the records this host's task runners spool, while their tasks run."""
@@ -239,6 +267,8 @@ class ServerCollector:
             self.reconciler.stop(timeout)
         if self.spool_reader is not None:
             self.spool_reader.stop(timeout)
+        if self.cancel_previous is not None:
+            self.cancel_previous.stop(timeout)
         self.sink.stop(timeout)
         if self.dispatcher is not None:
             self.dispatcher.stop(timeout)

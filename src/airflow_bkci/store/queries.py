@@ -53,6 +53,20 @@ def changes(
     ]
 
 
+def build_refs(
+    conn: Connection, build_ids: Sequence[str], chunk: int = 500
+) -> dict[str, tuple[str, str]]:
+    """``{build_id: (dag_id, run_id)}`` of the ids the store knows; unknown ids are left out."""
+    wanted = sorted(set(build_ids))
+    found: dict[str, tuple[str, str]] = {}
+    for start in range(0, len(wanted), chunk):
+        stmt = select(B.build_id, B.dag_id, B.run_id).where(
+            B.build_id.in_(wanted[start : start + chunk])
+        )
+        found.update({row.build_id: (row.dag_id, row.run_id) for row in conn.execute(stmt)})
+    return found
+
+
 def find_build(conn: Connection, dag_id: str, run_id: str) -> dict[str, Any] | None:
     stmt = select(B.document).where(B.dag_id == dag_id, B.run_id == run_id)
     doc = conn.execute(stmt).scalar_one_or_none()

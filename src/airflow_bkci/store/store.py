@@ -105,6 +105,11 @@ class Store:
         with self._read() as conn:
             return queries.find_build(conn, dag_id, run_id)
 
+    def build_refs(self, build_ids: Sequence[str]) -> dict[str, tuple[str, str]]:
+        """``{build_id: (dag_id, run_id)}`` of the ids the store knows; unknown ids are left out."""
+        with self._read() as conn:
+            return queries.build_refs(conn, build_ids)
+
     def builds(
         self,
         dag_id: str | None = None,

@@ -360,7 +360,9 @@ def test_a_cancel_is_the_last_word_of_its_try_whatever_arrives_after() -> None:
 
 def test_a_new_try_after_a_cancel_reopens_the_task() -> None:
     state, decisions = fold(
-        ev(S.CANCELED, second=1), ev(S.QUEUE, try_number=2, second=2), ev(S.SUCCEED, try_number=2, second=3)
+        ev(S.CANCELED, second=1),
+        ev(S.QUEUE, try_number=2, second=2),
+        ev(S.SUCCEED, try_number=2, second=3),
     )
     assert state is not None
     assert state.status is S.SUCCEED

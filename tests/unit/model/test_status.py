@@ -75,4 +75,6 @@ def test_values_are_the_bkci_names() -> None:
 
 
 def test_rank_order_follows_a_try() -> None:
-    assert Rank.PENDING < Rank.SCHEDULED < Rank.QUEUED < Rank.RUNNING < Rank.FINISHED < Rank.CANCELED
+    assert (
+        Rank.PENDING < Rank.SCHEDULED < Rank.QUEUED < Rank.RUNNING < Rank.FINISHED < Rank.CANCELED
+    )

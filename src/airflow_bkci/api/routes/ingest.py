@@ -15,16 +15,15 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, HTTPException, Request, status
 from starlette.concurrency import run_in_threadpool
 
+from airflow_bkci.api.errors import RETRY_AFTER_SECONDS, is_connection_error
 from airflow_bkci.api.schemas import IngestResponse, RejectedItem
-from airflow_bkci.exceptions import BkciError, InvalidEvent, StoreUnavailable
+from airflow_bkci.exceptions import BkciError, InvalidEvent
 from airflow_bkci.model.event import StatusEvent
 from airflow_bkci.spool.records import record_to_event
 
 log = logging.getLogger(__name__)
 
 router = APIRouter(tags=["ingest"])
-
-RETRY_AFTER_SECONDS = 5
 
 
 def _unavailable(reason: str) -> HTTPException:
@@ -33,18 +32,6 @@ def _unavailable(reason: str) -> HTTPException:
         detail=f"status store unavailable: {reason}; keep the records and retry",
         headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
     )
-
-
-def _is_connection_error(exc: BaseException) -> bool:
-    if isinstance(exc, StoreUnavailable | ConnectionError | TimeoutError):
-        return True
-    try:
-        from sqlalchemy import exc as sa_exc
-    except ImportError:  # pragma: no cover - sqlalchemy comes with Airflow
-        return False
-    if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
-        return True
-    return isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError | sa_exc.TimeoutError)
 
 
 def _check_secret(request: Request, authorization: str | None) -> None:
@@ -167,7 +154,7 @@ async def ingest(
     try:
         rejected = await run_in_threadpool(_store_batch, store, valid, invalid)
     except Exception as exc:
-        if _is_connection_error(exc):
+        if is_connection_error(exc):
             log.warning("BK-CI ingest: status store unavailable", exc_info=True)
             raise _unavailable(f"{type(exc).__name__}: {exc}") from None
         raise
