@@ -270,6 +270,10 @@ class AirflowStack:
         """Set one Airflow option before :meth:`start` (after it, restart to apply)."""
         self._config[section, option] = value
 
+    def set_env(self, name: str, value: str) -> None:
+        """Set one environment variable of every component before :meth:`start`."""
+        self._extra_env[name] = value
+
     @property
     def store_url(self) -> str:
         return self.env()["AIRFLOW__BKCI__STORE_URL"]

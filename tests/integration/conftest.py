@@ -58,6 +58,9 @@ def _stack(home: Path, backend: str) -> Iterator[AirflowStack]:
         env={"AIRFLOW_CONN_BKCI_TEST_HOOK": json.dumps(hook), "PYTHONPATH": python_path},
     )
     _configure_users(stack, home)
+    # BatchCancelOperator's connection to this stack's API server
+    api = {"conn_type": "http", "host": stack.api_url, "login": "admin", "password": "admin"}
+    stack.set_env("AIRFLOW_CONN_BKCI_API", json.dumps(api))
     stack.configure("bkci", "webhook_conn_ids", "bkci_test_hook")
     stack.configure("bkci", "retry_schedule", "0.2,0.5,1,1,1,1,1,1,1,1")
     # Workers reach the ingest route, and the collectors the PostgreSQL store,

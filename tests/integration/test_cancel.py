@@ -290,8 +290,8 @@ def test_bad_input_is_refused_and_changes_nothing(stack, service):
         (CancelRequest(reason="x", user="u", runs=[(LONG, "")]), 400, "not a (dag_id, run_id)"),
         (
             CancelRequest(reason="x", user="u", runs=[(LONG, f"r{i}") for i in range(100_000)]),
-            400,
-            "at most",
+            413,
+            "names at most 50000",
         ),
     ]
     for request, status, message in cases:
@@ -483,3 +483,31 @@ def test_the_command_previews_cancels_and_refuses(stack):
         ("carol",)
     ]
     wait_stored(stack, LONG, run_id, "CANCELED")
+
+
+OPERATOR = "bkci_cancel_operator"
+
+
+def test_the_operator_cancels_its_dags_earlier_runs_through_the_api(stack):
+    first = stack.trigger(OPERATOR)
+    wait_for(
+        "the first roll-out",
+        lambda: ti_states(stack, OPERATOR, first).get("roll_out") == "running",
+        120,
+    )
+    second = stack.trigger(OPERATOR)
+
+    assert stack.wait_run(OPERATOR, second, timeout=120) == "success"
+    assert stack.wait_run(OPERATOR, first, timeout=30) == "failed"
+    assert sql(stack, "SELECT canceled_by, reason FROM bkci_cancel WHERE run_id=:r", r=first) == [
+        ("admin", "a newer deploy started")
+    ]
+    result = stack.api(
+        "GET",
+        f"/dags/{OPERATOR}/dagRuns/{second}/taskInstances/cancel_earlier/xcomEntries/return_value",
+    )["value"]
+    result = json.loads(result) if isinstance(result, str) else result
+    assert result["summary"]["canceled"] == 1
+    assert [b["run_id"] for b in result["builds"]] == [first]
+    assert ti_states(stack, OPERATOR, first) == {"cancel_earlier": "success", "roll_out": "failed"}
+    wait_stored(stack, OPERATOR, first, "CANCELED")

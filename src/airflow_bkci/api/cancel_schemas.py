@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 CancelableState = Literal["queued", "running"]
 CANCELABLE: tuple[CancelableState, ...] = ("queued", "running")
@@ -41,6 +41,13 @@ class CancelFilter(_Strict):
         le=MAX_FILTER_AGE_SECONDS,
         allow_inf_nan=False,
         description="Only runs due (run_after) more than this many seconds ago",
+    )
+    due_before: AwareDatetime | None = Field(
+        default=None,
+        description="Only runs due (run_after) before this time: a run's earlier runs",
+    )
+    exclude: list[BuildRef] = Field(
+        default_factory=list, max_length=1000, description="Never these builds"
     )
     conf: dict[str, Any] | None = Field(
         default=None, description="Only runs whose conf holds every one of these keys and values"

@@ -40,13 +40,15 @@ class CancelForbidden(CancelRejected):
 class RunFilter:
     """Which builds to cancel when no ids are given; every part narrows the set.
 
-    ``older_than`` compares with the run's ``run_after`` (when it was due);
+    ``older_than`` and ``due_before`` compare with the run's ``run_after`` (when it
+    was due: "earlier runs" are the ones due before);
     ``conf`` keeps the runs whose conf holds every given key with that value.
     """
 
     dag_ids: Sequence[str] = ()
     states: Sequence[str] = CANCELABLE_RUN_STATES
     older_than: timedelta | None = None
+    due_before: datetime | None = None
     conf: Mapping[str, Any] | None = None
     exclude: Sequence[RunKey] = ()
 
@@ -58,6 +60,8 @@ class RunFilter:
             found.append("a filter needs at least one state")
         if self.older_than is not None and self.older_than.total_seconds() < 0:
             found.append("older_than must not be negative")
+        if self.due_before is not None and self.due_before.tzinfo is None:
+            found.append("due_before needs a time zone")
         return found
 
 

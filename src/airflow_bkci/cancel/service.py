@@ -277,6 +277,8 @@ class CancelService:
             stmt = stmt.where(dr.dag_id.in_(list(flt.dag_ids)))
         if flt.older_than is not None:
             stmt = stmt.where(dr.run_after < datetime.now(timezone.utc) - flt.older_than)
+        if flt.due_before is not None:
+            stmt = stmt.where(dr.run_after < flt.due_before)
         excluded = set(flt.exclude)
         targets = []
         for row in conn.execute(stmt.order_by(dr.id)):

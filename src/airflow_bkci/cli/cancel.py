@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
+import logging
 import re
 import sys
 from collections.abc import Callable, Sequence
@@ -135,9 +136,17 @@ def _progress(err: TextIO) -> Callable[[str, int, int], None]:
     return report
 
 
+def _logs_to_stderr() -> None:
+    """Airflow logs to stdout; the table and the JSON are what stdout is for."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.StreamHandler) and handler.stream is sys.stdout:
+            handler.setStream(sys.stderr)
+
+
 def _cancel(args: argparse.Namespace) -> int:
     from airflow_bkci.cancel.service import CancelService
 
+    _logs_to_stderr()
     request = build_request(args)
     service = CancelService.from_airflow()
     try:

@@ -180,6 +180,8 @@ def _cancel_request(body: CancelBody, runs: list[RunKey], user: str) -> CancelRe
             dag_ids=tuple(body.filter.dag_ids),
             states=tuple(body.filter.states),
             older_than=None if age is None else timedelta(seconds=age),
+            due_before=body.filter.due_before,
+            exclude=tuple((b.dag_id, b.run_id) for b in body.filter.exclude),
             conf=body.filter.conf,
         )
     return CancelRequest(
