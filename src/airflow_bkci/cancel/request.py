@@ -36,6 +36,19 @@ class CancelForbidden(CancelRejected):
         super().__init__([message], status=403)
 
 
+class CancelIncomplete(BkciError):
+    """A chunked cancel stopped part-way: ``result`` holds the batches that committed."""
+
+    def __init__(self, result: CancelResult, total: int, cause: BaseException) -> None:
+        self.result = result
+        self.total = total
+        done = len(result.builds)
+        super().__init__(
+            f"chunked cancel {result.cancel_id} stopped after {done} of {total} builds "
+            f"({result.batches} atomic batches committed, none of the rest changed): {cause}"
+        )
+
+
 @dataclass(frozen=True)
 class RunFilter:
     """Which builds to cancel when no ids are given; every part narrows the set.

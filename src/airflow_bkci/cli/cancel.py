@@ -19,6 +19,7 @@ from typing import Any, TextIO
 
 from airflow_bkci.cancel.request import (
     CANCELABLE_RUN_STATES,
+    CancelIncomplete,
     CancelRejected,
     CancelRequest,
     CancelResult,
@@ -155,6 +156,10 @@ def _cancel(args: argparse.Namespace) -> int:
         for problem in exc.problems:
             print(f"airflow-bkci cancel: {problem}", file=sys.stderr)
         return 2
+    except CancelIncomplete as exc:
+        print_table(exc.result, sys.stdout)
+        print(f"airflow-bkci cancel: {exc}", file=sys.stderr)
+        return 1
     finally:
         service.wait_for_notifications(timeout=30.0)
         service.engine.dispose()

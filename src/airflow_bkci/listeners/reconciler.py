@@ -133,7 +133,7 @@ class AirflowReader:
         with sqlite_section(self.engine.url), Session(self.engine) as session:
             # Which task tries a cancel ended: only read for runs that carry a marker.
             killed = canceled_tasks(
-                session, [(r.dag_id, r.run_id) for r in runs if r.canceled is not None]
+                session, [r.canceled.cancel_id for r in runs if r.canceled is not None]
             )
             for dag_id, run_ids in by_dag.items():
                 for start in range(0, len(run_ids), 500):

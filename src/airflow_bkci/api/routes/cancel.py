@@ -31,7 +31,7 @@ from airflow_bkci.api.cancel_schemas import (
 from airflow_bkci.api.errors import RETRY_AFTER_SECONDS, is_connection_error
 from airflow_bkci.api.security import AuthManager, Caller, denied_dags
 from airflow_bkci.cancel import CancelRejected, CancelRequest, CancelResult, RunFilter
-from airflow_bkci.cancel.request import CancelForbidden, RunKey
+from airflow_bkci.cancel.request import CancelForbidden, CancelIncomplete, RunKey
 from airflow_bkci.cancel.service import Plan, is_lock_conflict
 from airflow_bkci.model.event import build_id_for
 
@@ -122,6 +122,13 @@ async def _blocking(where: str, func: Callable[..., R], *args: Any) -> R:
         raise _forbidden(exc.problems[0], exc.dags) from None
     except CancelRejected as exc:
         raise _rejected(exc) from None
+    except CancelIncomplete as exc:
+        # Part of a chunked cancel committed: say exactly which part.
+        log.warning("bkci cancel API: %s", exc, exc_info=True)
+        raise HTTPException(
+            status.HTTP_500_INTERNAL_SERVER_ERROR,
+            detail={"message": str(exc), "partial": exc.result.to_json()},
+        ) from None
     except Exception as exc:
         if not (is_connection_error(exc) or is_lock_conflict(exc)):
             raise
