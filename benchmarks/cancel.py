@@ -392,6 +392,7 @@ class PatchOutcome:
     requests: list[str] = field(default_factory=list)  # per request: runs, seconds, answer
     problems: list[str] = field(default_factory=list)
     data: str = ""
+    scheduler_stopped: bool = False  # every request deadlocked: measured without it
 
 
 def bulk_patch(st: AirflowStack, keys: Sequence[RunKey], note: str) -> tuple[float, int, str]:
@@ -545,7 +546,7 @@ def verify_patch(engine: sa.Engine, label: str, n: int, tasks: int) -> list[str]
 
 def report(ours: list[OursRep], patch: PatchOutcome) -> bool:
     med = statistics.median(r.seconds for r in ours)
-    base = patch.seconds or patch.total  # no request succeeded: a lower bound
+    base = patch.seconds  # the request that did the work; 0 if none succeeded
     ratio = base / med
     ok_time, ok_ratio = med <= TIME_TARGET, ratio >= RATIO_TARGET
     verified = not patch.problems and all(not r.problems for r in ours)
@@ -571,7 +572,12 @@ def report(ours: list[OursRep], patch: PatchOutcome) -> bool:
     )
     print(
         f"TARGET: baseline / ours >= {RATIO_TARGET:.0f}x: {base:.2f} / {med:.3f} = "
-        f"{ratio:.1f}x {'PASS' if ok_ratio else 'FAIL'} (baseline: the successful request(s) only)"
+        f"{ratio:.1f}x {'PASS' if ok_ratio else 'FAIL'} (baseline: the successful request(s) only"
+        + (
+            ", measured with the scheduler stopped: with it running every one deadlocked)"
+            if patch.scheduler_stopped
+            else ", scheduler running)"
+        )
     )
     if patch.total > patch.seconds:
         print(
@@ -611,17 +617,6 @@ def run(st: AirflowStack, args: argparse.Namespace) -> bool:
         labels = list(sets)
         warm_up(st, service, sets["ours1"])
         ours = [measure_ours(st, engine, service, "ours1", sets["ours1"], args)]
-
-        patch_data = settle(st, engine, "patch", 5.0)
-        say(f"patch: measuring; {patch_data}")
-        patch = patch_until_done(st, engine, "patch", sets["patch"], args.patch_attempts)
-        patch.data = patch_data
-        patch.problems = verify_patch(engine, "patch", n, args.tasks)
-        problems = patch.problems or "none"
-        say(
-            f"patch: {patch.seconds:.2f} s ({patch.total:.2f} s all requests), problems: {problems}"
-        )
-
         for rep in range(2, args.reps + 1):
             label = f"ours{rep}"
             keys = make_sets(st, engine, [label], n)[label]
@@ -632,12 +627,31 @@ def run(st: AirflowStack, args: argparse.Namespace) -> bool:
         time.sleep(10.0)
         st.check_alive()
         for label in labels:
+            if label == "patch":
+                continue
             later = check_ended(engine, label, n, args.tasks)
             say(f"recheck {label} 10 s later: {later or 'still ended'}")
-            if label == "patch":
-                patch.problems += later
-            else:
-                next(r for r in ours if r.label == label).problems.extend(later)
+            next(r for r in ours if r.label == label).problems.extend(later)
+
+        patch_data = settle(st, engine, "patch", 5.0)
+        say(f"patch: measuring; {patch_data}")
+        patch = patch_until_done(st, engine, "patch", sets["patch"], args.patch_attempts)
+        if patch.seconds == 0.0:
+            # With the scheduler running, every request deadlocked with it and rolled back.
+            # The reference figure (about 24 s) was measured with the scheduler stopped.
+            say("patch: every request deadlocked with the scheduler; stopping it, measuring again")
+            st.kill("scheduler")
+            patch.scheduler_stopped = True
+            again = patch_until_done(st, engine, "patch", sets["patch"], args.patch_attempts)
+            patch.seconds = again.seconds
+            patch.total += again.total
+            patch.requests += again.requests
+        patch.data = patch_data
+        patch.problems = verify_patch(engine, "patch", n, args.tasks)
+        problems = patch.problems or "none"
+        say(
+            f"patch: {patch.seconds:.2f} s ({patch.total:.2f} s all requests), problems: {problems}"
+        )
         return report(ours, patch)
     finally:
         service.engine.dispose()

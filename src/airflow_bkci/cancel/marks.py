@@ -36,6 +36,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from airflow_bkci.forksafe import sqlite_section
 from airflow_bkci.listeners.rows import CancelMark
 
 log = logging.getLogger(__name__)
@@ -96,12 +97,15 @@ def ensure_tables(engine: Engine) -> None:
     with _ready_lock:
         if key in _ready:
             return
-        try:
-            metadata.create_all(engine, checkfirst=True)
-        except SQLAlchemyError:
-            # another process created them between our check and our CREATE
-            log.debug("bkci: marker tables raced; checking again", exc_info=True)
-            metadata.create_all(engine, checkfirst=True)
+        # In the scheduler this runs on our thread while LocalExecutor forks:
+        # SQLite work must hold the fork guard (see airflow_bkci.forksafe).
+        with sqlite_section(engine.url):
+            try:
+                metadata.create_all(engine, checkfirst=True)
+            except SQLAlchemyError:
+                # another process created them between our check and our CREATE
+                log.debug("bkci: marker tables raced; checking again", exc_info=True)
+                metadata.create_all(engine, checkfirst=True)
         _ready.add(key)
 
 

@@ -15,6 +15,7 @@ from sqlalchemy import Engine, select
 
 from airflow_bkci.cancel.request import CancelRequest, CancelResult, Outcome
 from airflow_bkci.cancel.writes import task_key
+from airflow_bkci.forksafe import sqlite_section
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,9 @@ def _notify(engine: Engine, result: CancelResult, request: CancelRequest) -> Non
             result.committed_at or datetime.now(timezone.utc),
         )
         for build in result.changed:
-            with Session(engine) as session:
+            # In the scheduler (cancel-previous) LocalExecutor forks meanwhile: SQLite
+            # work holds the fork guard (see airflow_bkci.forksafe).
+            with sqlite_section(engine.url), Session(engine) as session:
                 run = session.scalar(
                     select(DagRun).where(
                         DagRun.dag_id == build.dag_id, DagRun.run_id == build.run_id
