@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import psutil
@@ -511,3 +512,36 @@ def test_the_operator_cancels_its_dags_earlier_runs_through_the_api(stack):
     assert [b["run_id"] for b in result["builds"]] == [first]
     assert ti_states(stack, OPERATOR, first) == {"cancel_earlier": "success", "roll_out": "failed"}
     wait_stored(stack, OPERATOR, first, "CANCELED")
+
+
+def test_airflows_listeners_hear_of_the_cancel_after_the_commit(stack, service, monkeypatch):
+    """Other plugins see the cancel: failed hooks for the killed tasks and the ended run."""
+    from airflow.listeners import listener as listener_module
+
+    from airflow_bkci.cancel.notify import notify_in_background
+    from airflow_bkci.listeners.server import CANCEL_MARK_ATTR
+
+    heard: list[tuple[str, str, str, Any]] = []
+
+    class Hooks:
+        def on_task_instance_failed(self, previous_state, task_instance, error):
+            mark = getattr(task_instance, CANCEL_MARK_ATTR)
+            heard.append(("task", task_instance.task_id, str(task_instance.state), mark))
+
+        def on_dag_run_failed(self, dag_run, msg):
+            heard.append(("run", dag_run.run_id, msg, getattr(dag_run, CANCEL_MARK_ATTR)))
+
+    manager = SimpleNamespace(hook=Hooks())
+    monkeypatch.setattr(listener_module, "get_listener_manager", lambda: manager)
+    (run_id,) = start_long_runs(stack, 1)
+    request = CancelRequest(reason="tell everyone", user="dana", runs=[(LONG, run_id)])
+    result = service.cancel(request)
+
+    notify_in_background(service.engine, result, request).join(30)
+
+    assert sorted(h[:3] for h in heard) == [
+        ("run", run_id, "canceled by dana: tell everyone"),
+        ("task", "long_a", "failed"),
+        ("task", "long_b", "failed"),
+    ]
+    assert {(h[3].cancel_id, h[3].canceled_by) for h in heard} == {(result.cancel_id, "dana")}
