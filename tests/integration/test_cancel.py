@@ -23,13 +23,13 @@ from typing import Any
 
 import psutil
 import pytest
-from sqlalchemy import create_engine, text
 
 from airflow_bkci.cancel import CancelRejected, CancelRequest, CancelService, Outcome
 from airflow_bkci.cancel.service import cancel_engine
 from airflow_bkci.devstack import AirflowStack
 from airflow_bkci.model.event import build_id_for
 from airflow_bkci.store import Store
+from tests.integration.helpers import airflow_rows, eventually
 
 LONG = "bkci_cancel_long"
 TEARDOWN = "bkci_cancel_teardown"
@@ -70,23 +70,10 @@ def _service(stack: AirflowStack) -> Iterator[CancelService]:
 
 
 def wait_for(what: str, check: Callable[[], Any], timeout: float = 90.0, every: float = 0.5) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(every)
+    return eventually(check, timeout, what, every)
 
 
-def sql(stack: AirflowStack, query: str, **params: Any) -> list[Any]:
-    engine = create_engine(stack.db_url)
-    try:
-        with engine.connect() as conn:
-            return list(conn.execute(text(query), params))
-    finally:
-        engine.dispose()
+sql = airflow_rows
 
 
 def ti_states(stack: AirflowStack, dag_id: str, run_id: str) -> dict[str, str | None]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -16,20 +15,10 @@ from airflow_bkci.model.event import build_id_for
 from airflow_bkci.spool.spool import Spool
 from airflow_bkci.store import Store
 from tests.integration.conftest import INGEST_SECRET
+from tests.integration.helpers import eventually
 from tests.integration.truth import RETRY_STEPS, steps, tasks_of, wait_agreement
 
 pytestmark = pytest.mark.integration
-
-
-def _eventually(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout:.0f} s (last: {value!r})")
-        time.sleep(0.5)
 
 
 def _relay_once(stack: AirflowStack) -> subprocess.CompletedProcess[str]:
@@ -68,7 +57,7 @@ def test_ingest_down_states_complete_and_enrichment_arrives_later(sqlite_stack):
         tree = store.build_tree(build_id_for("bkci_failure", run_id))
         return tree and tasks_of(tree)["deploy"]["error"]
 
-    assert _eventually(error, 30, "error summary") == (
+    assert eventually(error, 30, "error summary") == (
         "RuntimeError: deploy target unreachable: db-01"
     )
     store.dispose()
@@ -94,7 +83,7 @@ def test_sigkilled_task_still_delivers_its_spooled_record(sqlite_stack):
         node = store.node_states(build_id).get("killed")
         return node and node.values().get("runner_started_at")
 
-    assert _eventually(delivered, 90, "the killed task's worker record")
+    assert eventually(delivered, 90, "the killed task's worker record")
     assert _spool(stack).pending_count() == 0
     tree = wait_agreement(store, stack.db_url, "bkci_fault_kill", run_id)
     assert tasks_of(tree)["killed"]["status"] == "FAILED"
@@ -143,10 +132,10 @@ def test_ingest_down_the_scheduler_reads_the_spool_of_its_host(pg_stack):
             tree = store.build_tree(build_id_for("bkci_failure", run_id))
             return tree and tasks_of(tree)["deploy"]["error"]
 
-        assert _eventually(error, 30, "error summary") == (
+        assert eventually(error, 30, "error summary") == (
             "RuntimeError: deploy target unreachable: db-01"
         )
-        assert _eventually(lambda: _spool(stack).pending_count() == 0, 10, "spool read")
+        assert eventually(lambda: _spool(stack).pending_count() == 0, 10, "spool read")
     finally:
         stack.faults.ingest_proxy.restore()
     store.dispose()

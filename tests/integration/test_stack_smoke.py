@@ -3,26 +3,16 @@
 from __future__ import annotations
 
 import re
-from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, text
 
 from airflow_bkci.devstack import AirflowStack
 from airflow_bkci.example_dags import EXPECTED_STATES
+from tests.integration.helpers import airflow_rows
 
 pytestmark = pytest.mark.integration
 
 ExampleRuns = dict[str, tuple[str, str]]
-
-
-def _rows(stack: AirflowStack, sql: str, **params: Any) -> list[Any]:
-    engine = create_engine(stack.db_url)
-    try:
-        with engine.connect() as conn:
-            return list(conn.execute(text(sql), params))
-    finally:
-        engine.dispose()
 
 
 def _ti_states(stack: AirflowStack, dag_id: str, run_id: str) -> dict[tuple[str, int], str]:
@@ -51,13 +41,13 @@ def test_examples_end_as_intended(examples: tuple[AirflowStack, ExampleRuns]) ->
 def test_retry_task_ran_two_tries(examples: tuple[AirflowStack, ExampleRuns]) -> None:
     stack, runs = examples
     run_id = runs["bkci_retry"][0]
-    current = _rows(
+    current = airflow_rows(
         stack,
         "SELECT try_number, state FROM task_instance "
         "WHERE dag_id = 'bkci_retry' AND run_id = :run_id AND task_id = 'flaky'",
         run_id=run_id,
     )
-    earlier = _rows(
+    earlier = airflow_rows(
         stack,
         "SELECT try_number FROM task_instance_history "
         "WHERE dag_id = 'bkci_retry' AND run_id = :run_id AND task_id = 'flaky'",

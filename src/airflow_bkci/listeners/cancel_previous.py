@@ -16,7 +16,6 @@ own, never in the scheduler's transaction, and does bounded work per pass.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -35,6 +34,7 @@ from airflow_bkci.cancel.groups import (
 )
 from airflow_bkci.cancel.request import CancelRejected, CancelRequest
 from airflow_bkci.forksafe import sqlite_section
+from airflow_bkci.listeners.background import BackgroundLoop
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +42,10 @@ ACTING_USER = "bkci:cancel-previous"
 MAX_RUNS_PER_PASS = 2000
 
 
-class CancelPrevious:
+class CancelPrevious(BackgroundLoop):
     """Finds superseded runs and cancels them; ``poll_once`` is one pass."""
+
+    thread_name = "bkci-cancel-previous"
 
     def __init__(
         self,
@@ -53,24 +55,14 @@ class CancelPrevious:
         *,
         interval: float = 1.0,
     ) -> None:
+        super().__init__()
         self.engine = engine
         self.cancel = cancel
         self.config = config
         self.interval = interval
         self.keys = GroupKeys()
         self._warned: set[str] = set()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self.canceled = 0
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="bkci-cancel-previous", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
 
     def _run(self) -> None:
         while not self._stop.is_set():

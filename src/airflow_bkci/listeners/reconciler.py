@@ -21,6 +21,7 @@ from sqlalchemy import Engine, and_, create_engine, or_, select
 from sqlalchemy.orm import Session
 
 from airflow_bkci.forksafe import sqlite_section
+from airflow_bkci.listeners.background import BackgroundLoop
 from airflow_bkci.listeners.observer import NEVER_RAN, Observer, observe_all
 from airflow_bkci.listeners.rows import CancelMark, RunRow, TaskRow
 from airflow_bkci.listeners.sink import EventSink
@@ -276,8 +277,10 @@ def _str(value: Any) -> str | None:
     return str(getattr(value, "value", value))
 
 
-class Reconciler:
+class Reconciler(BackgroundLoop):
     """Polls Airflow's database every ``interval`` seconds on its own thread."""
+
+    thread_name = "bkci-reconciler"
 
     def __init__(
         self,
@@ -289,6 +292,7 @@ class Reconciler:
         source: str,
         catch_up: CatchUpReader | None = None,
     ) -> None:
+        super().__init__()
         self.reader = reader
         self.sink = sink
         self.interval = interval
@@ -296,22 +300,11 @@ class Reconciler:
         self.observer = Observer(source)
         self.catch_up = catch_up
         self._last_ok: datetime | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._resync = threading.Event()
         self.passes = 0
 
     def request_resync(self) -> None:
         self._resync.set()
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="bkci-reconciler", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
 
     def _run(self) -> None:
         # Until the store has told where it left off, every pass asks again:

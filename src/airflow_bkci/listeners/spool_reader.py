@@ -16,13 +16,13 @@ record is moved to the spool's quarantine with the reason, as a forwarder does.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
 
 from tenacity import wait_exponential_jitter
 
 from airflow_bkci.exceptions import InvalidEvent
 from airflow_bkci.forksafe import sqlite_section
+from airflow_bkci.listeners.background import BackgroundLoop
 from airflow_bkci.listeners.sink import EventSink
 from airflow_bkci.model.event import StatusEvent
 from airflow_bkci.spool.forwarder import backoff_delay
@@ -35,8 +35,10 @@ log = logging.getLogger(__name__)
 _SPOOL = "sqlite"
 
 
-class SpoolReader:
+class SpoolReader(BackgroundLoop):
     """Moves spooled worker records into the sink, on a thread of its own."""
+
+    thread_name = "bkci-spool-reader"
 
     def __init__(
         self,
@@ -47,6 +49,7 @@ class SpoolReader:
         batch_size: int = 500,
         apply_timeout: float = 10.0,
     ) -> None:
+        super().__init__()
         self._spool_factory = spool_factory
         self._spool: Spool | None = None
         self.sink = sink
@@ -54,8 +57,6 @@ class SpoolReader:
         self.batch_size = max(1, batch_size)
         self.apply_timeout = apply_timeout
         self._backoff = wait_exponential_jitter(multiplier=0.5, max=30.0)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self.read = 0
         self.quarantined = 0
 
@@ -98,17 +99,8 @@ class SpoolReader:
         self.read += len(events)
         return len(events)
 
-    def start(self) -> None:
-        if self._thread is not None and self._thread.is_alive():
-            return
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="bkci-spool-reader", daemon=True)
-        self._thread.start()
-
     def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
+        super().stop(timeout)
         with sqlite_section(_SPOOL):
             if self._spool is not None:
                 self._spool.close()
