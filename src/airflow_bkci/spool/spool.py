@@ -18,7 +18,9 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+_T = TypeVar("_T")
 
 __all__ = ["DEFAULT_LEASE", "Backoff", "Spool"]
 
@@ -57,6 +59,11 @@ class Backoff:
     error: str
 
 
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    text = str(exc)
+    return "database is locked" in text or "database is busy" in text
+
+
 class Spool:
     """A local, durable, multi-process queue of JSON records.
 
@@ -79,27 +86,44 @@ class Spool:
         self._connect()
 
     def _connect(self) -> sqlite3.Connection:
+        # SQLite's own busy handler sleeps 1, 2, 5, 10 ... ms between tries: a
+        # lock held for half a millisecond by another task runner or the reader
+        # would cost a hook several ms. We wait in steps from 0.1 ms instead.
         conn = sqlite3.connect(
             self.path,
-            timeout=self._busy_timeout,
+            timeout=0,
             isolation_level=None,  # autocommit; multi-statement work uses BEGIN IMMEDIATE
             check_same_thread=False,  # guarded by self._lock
         )
         try:
-            conn.execute(f"PRAGMA busy_timeout={int(self._busy_timeout * 1000)}")
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
+            run = self._retrying
+            run(lambda: conn.execute("PRAGMA busy_timeout=0"))
+            run(lambda: conn.execute("PRAGMA journal_mode=WAL").fetchall())
+            run(lambda: conn.execute("PRAGMA synchronous=NORMAL"))
             if not self._autocheckpoint:
                 # Appenders on a hot path leave WAL checkpoints to the forwarder's commits.
-                conn.execute("PRAGMA wal_autocheckpoint=0")
-            conn.executescript(_SCHEMA)
+                run(lambda: conn.execute("PRAGMA wal_autocheckpoint=0"))
+            run(lambda: conn.executescript(_SCHEMA))
             # Maps the WAL index now, so the first append (a hook) does not pay for it.
-            conn.execute("SELECT 1 FROM spool LIMIT 1").fetchall()
+            run(lambda: conn.execute("SELECT 1 FROM spool LIMIT 1").fetchall())
         except BaseException:
             conn.close()
             raise
         self._conn, self._pid = conn, os.getpid()
         return conn
+
+    def _retrying(self, action: Callable[[], _T]) -> _T:
+        """``action()``, tried again while the file is locked, for up to the busy timeout."""
+        deadline = time.monotonic() + self._busy_timeout
+        pause = 0.0001
+        while True:
+            try:
+                return action()
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc) or time.monotonic() >= deadline:
+                    raise
+            time.sleep(pause)
+            pause = min(pause * 2, 0.005)
 
     def _db(self) -> sqlite3.Connection:
         if self._conn is None or self._pid != os.getpid():
@@ -111,17 +135,16 @@ class Spool:
     def append(self, record: Mapping[str, Any]) -> int:
         """Store one record (a JSON-serialisable mapping); return its row id."""
         text = json.dumps(record, separators=(",", ":"), default=str)
-        with self._lock:
-            cur = self._db().execute(
-                "INSERT INTO spool (record, created_at) VALUES (?, ?)", (text, time.time())
-            )
-            return int(cur.lastrowid or 0)
+        return self.append_text(text)
 
     def append_text(self, text: str) -> int:
         """Store a record already serialised (also used by tests to spool bad rows)."""
         with self._lock:
-            cur = self._db().execute(
-                "INSERT INTO spool (record, created_at) VALUES (?, ?)", (text, time.time())
+            db = self._db()
+            cur = self._retrying(
+                lambda: db.execute(
+                    "INSERT INTO spool (record, created_at) VALUES (?, ?)", (text, time.time())
+                )
             )
             return int(cur.lastrowid or 0)
 
@@ -129,15 +152,14 @@ class Spool:
         """Lease up to ``limit`` of the oldest unleased rows to the caller."""
         now = time.time()
         with self._lock:
-            rows = (
-                self._db()
-                .execute(
+            db = self._db()
+            rows = self._retrying(
+                lambda: db.execute(
                     "UPDATE spool SET lease_until = ? WHERE id IN ("
                     " SELECT id FROM spool WHERE lease_until <= ? ORDER BY id LIMIT ?"
                     ") RETURNING id, record",
                     (now + lease, now, max(0, int(limit))),
-                )
-                .fetchall()
+                ).fetchall()
             )
         return sorted((int(i), str(r)) for i, r in rows)
 
@@ -155,7 +177,7 @@ class Spool:
             return
         with self._lock:
             db = self._db()
-            db.execute("BEGIN IMMEDIATE")
+            self._retrying(lambda: db.execute("BEGIN IMMEDIATE"))
             try:
                 db.executemany(sql, params)
             except BaseException:
@@ -167,7 +189,7 @@ class Spool:
         """Move one row aside with the reason, so it never blocks the queue."""
         with self._lock:
             db = self._db()
-            db.execute("BEGIN IMMEDIATE")
+            self._retrying(lambda: db.execute("BEGIN IMMEDIATE"))
             try:
                 db.execute(
                     "INSERT OR REPLACE INTO spool_quarantine"
@@ -184,7 +206,8 @@ class Spool:
     def pending_count(self) -> int:
         """Rows not yet acked or quarantined, leased or not."""
         with self._lock:
-            (count,) = self._db().execute("SELECT COUNT(*) FROM spool").fetchone()
+            db = self._db()
+            (count,) = self._retrying(lambda: db.execute("SELECT COUNT(*) FROM spool").fetchone())
         return int(count)
 
     def quarantined(self) -> list[tuple[int, str, str]]:
@@ -215,7 +238,7 @@ class Spool:
         """Count one more failure in a row; ``delay(failures)`` says how long to back off."""
         with self._lock:
             db = self._db()
-            db.execute("BEGIN IMMEDIATE")
+            self._retrying(lambda: db.execute("BEGIN IMMEDIATE"))
             try:
                 row = db.execute(
                     "SELECT failures FROM receiver_backoff WHERE url = ?", (url,)
@@ -236,12 +259,14 @@ class Spool:
     def receiver_ok(self, url: str) -> None:
         """The receiver answered: forget its backoff."""
         with self._lock:
-            self._db().execute("DELETE FROM receiver_backoff WHERE url = ?", (url,))
+            db = self._db()
+            self._retrying(lambda: db.execute("DELETE FROM receiver_backoff WHERE url = ?", (url,)))
 
     def checkpoint(self) -> None:
         """Fold the WAL into the database file, without waiting for readers."""
         with self._lock:
-            self._db().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            db = self._db()
+            self._retrying(lambda: db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall())
 
     def close(self) -> None:
         with self._lock:
