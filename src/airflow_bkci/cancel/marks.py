@@ -31,13 +31,11 @@ from sqlalchemy import (
     Table,
     Text,
     select,
-    tuple_,
 )
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from airflow_bkci.forksafe import sqlite_section
-from airflow_bkci.listeners.rows import CancelMark
 
 log = logging.getLogger(__name__)
 
@@ -109,25 +107,7 @@ def ensure_tables(engine: Engine) -> None:
         _ready.add(key)
 
 
-RunKey = tuple[str, str]
 TaskKey = tuple[str, str, str, int, int]  # dag_id, run_id, task_id, map_index, try_number
-
-
-def marks_for(
-    session: Session, runs: Iterable[tuple[str, str, int]], chunk: int = 500
-) -> dict[RunKey, CancelMark]:
-    """Marks of the given (dag_id, run_id, clear_number) runs that were canceled in that clear."""
-    wanted = sorted(set(runs))
-    found: dict[RunKey, CancelMark] = {}
-    c = cancel_table.c
-    for start in range(0, len(wanted), chunk):
-        part = wanted[start : start + chunk]
-        stmt = select(
-            c.dag_id, c.run_id, c.cancel_id, c.reason, c.canceled_by, c.canceled_at
-        ).where(tuple_(c.dag_id, c.run_id, c.clear_number).in_(part))
-        for row in session.execute(stmt):
-            found[(row[0], row[1])] = CancelMark(row[2], row[3], row[4], row[5])
-    return found
 
 
 def canceled_tasks(session: Session, cancel_ids: Iterable[str], chunk: int = 500) -> set[TaskKey]:
