@@ -153,6 +153,15 @@ class Spool:
         now = time.time()
         with self._lock:
             db = self._db()
+            # A read first: the reader polls many times a second, and an UPDATE that
+            # matches nothing still takes the write lock the task runners' hooks need.
+            waiting = self._retrying(
+                lambda: db.execute(
+                    "SELECT 1 FROM spool WHERE lease_until <= ? LIMIT 1", (now,)
+                ).fetchone()
+            )
+            if waiting is None:
+                return []
             rows = self._retrying(
                 lambda: db.execute(
                     "UPDATE spool SET lease_until = ? WHERE id IN ("
