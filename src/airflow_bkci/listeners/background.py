@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import threading
+from abc import ABC, abstractmethod
 
 
-class BackgroundLoop:
+class BackgroundLoop(ABC):
     """A daemon thread running :meth:`_run` until :meth:`stop`; ``_run`` waits on ``_stop``."""
 
     thread_name = "bkci-loop"
@@ -26,5 +27,6 @@ class BackgroundLoop:
         if self._thread is not None:
             self._thread.join(timeout)
 
+    @abstractmethod
     def _run(self) -> None:
-        raise NotImplementedError
+        """The loop; it must return soon after ``_stop`` is set."""

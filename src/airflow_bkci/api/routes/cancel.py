@@ -33,6 +33,7 @@ from airflow_bkci.api.security import AuthManager, Caller, denied_dags
 from airflow_bkci.cancel import CancelRejected, CancelRequest, CancelResult, RunFilter
 from airflow_bkci.cancel.request import CancelForbidden, CancelIncomplete, RunKey
 from airflow_bkci.cancel.service import Plan, is_lock_conflict
+from airflow_bkci.cancel.writes import task_key
 from airflow_bkci.model.event import build_id_for
 
 log = logging.getLogger(__name__)
@@ -52,8 +53,6 @@ class CancelBackend(Protocol):
 
     max_builds: int
     engine: Engine
-
-    def plan(self, request: CancelRequest) -> Plan: ...
 
     def cancel(
         self, request: CancelRequest, *, authorize: Callable[[Plan], None] | None = None
@@ -247,10 +246,6 @@ async def cancel_builds(
 
 
 # ----------------------------------------------------------- what was done
-def _task_key(task_id: str, map_index: int) -> str:
-    return task_id if map_index < 0 else f"{task_id}[{map_index}]"
-
-
 def read_cancel(engine: Engine, cancel_id: str) -> CancelRecord | None:
     """The runs one cancel changed, from its marker rows; None if it left none."""
     from airflow.models.dagrun import DagRun
@@ -276,7 +271,7 @@ def read_cancel(engine: Engine, cancel_id: str) -> CancelRecord | None:
         if not rows:
             return None
         for run_pk, task_id, map_index, new_state in conn.execute(tasks):
-            changed[run_pk, new_state].append(_task_key(task_id, map_index))
+            changed[run_pk, new_state].append(task_key(task_id, map_index))
     builds = [
         CanceledBuild(
             build_id=build_id_for(row.dag_id, row.run_id),
