@@ -189,3 +189,28 @@ def cancel_previous() -> str:
 def cancel_previous_interval() -> float:
     """Seconds between two cancel-previous passes in the scheduler; 0 turns them off."""
     return _float("cancel_previous_interval", 1.0)
+
+
+def mq_conn_ids() -> list[str]:
+    """``[bkci] mq_conn_ids``: ``bkci_mq`` connections the dispatcher publishes to."""
+    return [c.strip() for c in _get("mq_conn_ids").split(",") if c.strip()]
+
+
+def live_poll_interval() -> float:
+    """Seconds between two looks at the store by each API server worker's live tailer."""
+    return max(0.01, _float("live_poll_interval", 0.1))
+
+
+def live_heartbeat() -> float:
+    """Seconds between heartbeats on an idle WebSocket (0: none)."""
+    return max(0.0, _float("live_heartbeat", 15.0))
+
+
+def live_client_buffer() -> int:
+    """Events one WebSocket client may have unsent before it is told to resync."""
+    return max(1, int(_float("live_client_buffer", 1000)))
+
+
+def live_max_subscriptions() -> int:
+    """Most pipelines plus builds one WebSocket client may subscribe to."""
+    return max(1, int(_float("live_max_subscriptions", 1000)))

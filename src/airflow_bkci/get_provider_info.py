@@ -138,6 +138,40 @@ OPTIONS: dict[str, dict[str, Any]] = {
         "",
         "bkci_ops_hook,bkci_dashboard",
     ),
+    "mq_conn_ids": _option(
+        "Comma-separated ids of Airflow connections of type bkci_mq: each one is a message "
+        "broker (RabbitMQ or Redis, through kombu) that gets every build's change sets on a "
+        "topic exchange. Empty: no message queue.",
+        "string",
+        "",
+        "bkci_rabbit",
+    ),
+    "live_poll_interval": _option(
+        "Seconds between two looks at the status store by the WebSocket tailer of each API "
+        "server worker (it bounds how soon a change reaches live clients).",
+        "float",
+        "0.1",
+        "0.25",
+    ),
+    "live_heartbeat": _option(
+        "Seconds between heartbeat messages on an idle WebSocket; 0 sends none.",
+        "float",
+        "15.0",
+        "30",
+    ),
+    "live_client_buffer": _option(
+        "Events a WebSocket client may have waiting before it is told to resync (a slow "
+        "client never holds up the others).",
+        "integer",
+        "1000",
+        "5000",
+    ),
+    "live_max_subscriptions": _option(
+        "Most pipelines and builds one WebSocket client may subscribe to.",
+        "integer",
+        "1000",
+        "200",
+    ),
     "event_source": _option(
         "The CloudEvents source of every event this deployment sends (keep it stable: "
         "with the event id it is the consumers' idempotency key).",

@@ -19,7 +19,14 @@ from fastapi.security import HTTPAuthorizationCredentials
 if TYPE_CHECKING:
     from airflow.api_fastapi.auth.managers.base_auth_manager import ResourceMethod
 
-__all__ = ["AuthManager", "Caller", "airflow_auth_manager", "authenticated_user", "denied_dags"]
+__all__ = [
+    "AuthManager",
+    "Caller",
+    "airflow_auth_manager",
+    "authenticated_user",
+    "denied_dags",
+    "readable_dags",
+]
 
 
 async def authenticated_user(
@@ -78,6 +85,21 @@ def denied_dags(
             dag_ids=ids, user=user, method=method, team_name=team
         )
     return sorted(wanted - allowed)
+
+
+def readable_dags(
+    auth_manager: BaseAuthManager, user: BaseUser, dag_ids: Iterable[str] | None = None
+) -> set[str]:
+    """The DAGs the user may read: among ``dag_ids``, or of all Airflow knows when None.
+
+    A pipeline the store still has but Airflow no longer knows is readable by
+    nobody: permissions live on Airflow's DAGs. Blocking; call it from a
+    worker thread.
+    """
+    if dag_ids is None:
+        return set(auth_manager.get_authorized_dag_ids(user=user, method="GET"))
+    wanted = set(dag_ids)
+    return wanted - set(denied_dags(auth_manager, user, wanted, "GET"))
 
 
 def _by_team(dag_ids: set[str]) -> dict[str | None, set[str]]:
