@@ -1,4 +1,4 @@
-"""Airflow's SimpleAuthManager, except that one user may not change one DAG (permission tests).
+"""Airflow's SimpleAuthManager, except that one user may not change one DAG nor see another.
 
 The integration stacks configure it as ``[core] auth_manager``; the Airflow
 processes import it from the repository (``PYTHONPATH``).
@@ -18,11 +18,15 @@ LIMITED_USER = "cancel_limited"
 LIMITED_PASSWORD = "cancel-limited-password"
 LIMITED_DAG = "bkci_cancel_teardown"
 """``LIMITED_USER`` has the User role (may edit DAGs) but may only read this one."""
+HIDDEN_DAG = "bkci_branch"
+"""``LIMITED_USER`` may not even read this one (query and live permission tests)."""
 
 
 class RestrictedAuthManager(SimpleAuthManager):
     def is_authorized_dag(self, *, method: Any, user: Any, **kwargs: Any) -> bool:
         details = kwargs.get("details")
+        if user.get_name() == LIMITED_USER and details is not None and details.id == HIDDEN_DAG:
+            return False
         if (
             user.get_name() == LIMITED_USER
             and method != "GET"
