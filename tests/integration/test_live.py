@@ -58,11 +58,13 @@ def token(stack: AirflowStack, user: str, password: str) -> str:
 
 
 def frames(ws: ClientConnection, until: float) -> Iterator[dict[str, Any]]:
+    """Frames until ``until``; a batch (a JSON array of events) gives its events one by one."""
     while time.monotonic() < until:
         try:
-            yield json.loads(ws.recv(timeout=max(0.1, until - time.monotonic())))
+            body = json.loads(ws.recv(timeout=max(0.1, until - time.monotonic())))
         except TimeoutError:
             return
+        yield from body if isinstance(body, list) else [body]
 
 
 def test_client_that_reconnects_mid_run_ends_with_the_stores_tree(

@@ -42,7 +42,8 @@ class Receiver:
 
     async def send(self, text: str) -> None:
         await self.stuck.wait()
-        self.frames.append(json.loads(text))
+        body = json.loads(text)
+        self.frames.extend(body if isinstance(body, list) else [body])
 
     @property
     def events(self) -> list[dict[str, Any]]:
