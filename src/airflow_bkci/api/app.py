@@ -138,11 +138,22 @@ def create_app(
     cancel_factory: Callable[[], CancelBackend] | None = None,
 ) -> FastAPI:
     """Build the app; the defaults read ``[bkci]`` and open the store and cancel service lazily."""
-    from airflow_bkci.api.routes import cancel, health, ingest
+    from airflow_bkci.api.routes import (
+        builds,
+        cancel,
+        delivery,
+        health,
+        ingest,
+        live,
+        metrics,
+        pipelines,
+    )
 
     app = FastAPI(
         title="BK-CI build status",
-        description="Ingest of worker records, build status and batch cancel for airflow-bkci.",
+        description="Ingest of worker records, build status and batch cancel for airflow-bkci; "
+        "read-only queries of pipelines, builds, change sets, history, metrics and delivery "
+        "health (docs/query-api.md).",
         lifespan=_lifespan(dispatcher_factory),
     )
     app.state.bkci_dispatcher = None
@@ -154,4 +165,7 @@ def create_app(
     app.include_router(ingest.router)
     app.include_router(health.router)
     app.include_router(cancel.router)
+    app.include_router(live.router)
+    for query in (pipelines, builds, metrics, delivery):
+        app.include_router(query.router)
     return app

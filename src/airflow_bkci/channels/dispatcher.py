@@ -91,6 +91,8 @@ class _Circuit:
     failures: int = 0
     open_until: float = 0.0
     cooldown: float = 0.0
+    # (state, failures, open_until) as last written to the store, None before.
+    saved: tuple[str, int, float] | None = None
 
 
 @dataclass
@@ -184,6 +186,7 @@ class Dispatcher:
             return
         self._open_lanes(channel)
         half_open = circuit.failures >= self.circuit_threshold
+        self._save_circuit(name)
         lanes = self.outbox.claim(name, 1 if half_open else self.batch_size)
         report.claimed += len(lanes)
         if not lanes:
@@ -218,6 +221,7 @@ class Dispatcher:
         finally:
             if acks:
                 self.outbox.delivered([(item.lane, item.last_seq) for item in acks])
+            self._save_circuit(name)
 
     def _open_lanes(self, channel: Channel) -> None:
         # Builds changed since the last pass, with a minute's overlap: a
@@ -226,6 +230,33 @@ class Dispatcher:
         now = utcnow()
         self.outbox.open_lanes(channel.name, channel.accepts, since)
         self._watermark[channel.name] = now - timedelta(seconds=60)
+
+    def _circuit_state(self, circuit: _Circuit) -> str:
+        if circuit.failures < self.circuit_threshold:
+            return "closed"
+        return "open" if circuit.open_until > self._clock() else "half_open"
+
+    def _save_circuit(self, name: str) -> None:
+        """Write the circuit to the store when it changed: the query API runs elsewhere.
+
+        Only failures and recoveries change it, so a healthy endpoint costs one
+        write per dispatcher start. A failed write is tried again next pass and
+        never stops delivery.
+        """
+        circuit = self._circuits[name]
+        state = self._circuit_state(circuit)
+        seen = (state, circuit.failures, circuit.open_until if state == "open" else 0.0)
+        if seen == circuit.saved:
+            return
+        open_until = None
+        if state == "open":  # our clock is monotonic; readers want wall time
+            open_until = utcnow() + timedelta(seconds=circuit.open_until - self._clock())
+        try:
+            self.outbox.save_circuit(name, state, circuit.failures, open_until)
+        except Exception:
+            log.warning("bkci dispatcher: cannot record the circuit of %s", name, exc_info=True)
+            return
+        circuit.saved = seen
 
     def _is_gone(self, name: str) -> bool:
         checked, reason = self._gone.get(name, (-1e18, None))

@@ -363,7 +363,16 @@ def _build_row(build: _Build, now: datetime) -> dict[str, Any]:
         "ended_at": _as_datetime(values.get("ended_at")),
         "updated_at": now,
         "document": document,
+        # Indexed copies for the query API's filters and queue-time metrics.
+        "trigger_type": _as_text(values.get("trigger_type"), 50),
+        "triggering_user": _as_text(values.get("triggering_user"), 512),
+        "queued_at": _as_datetime(values.get("queued_at")),
     }
+
+
+def _as_text(value: Any, limit: int) -> str | None:
+    """A document field as its column holds it (cut to the column's size)."""
+    return None if value is None else str(value)[:limit]
 
 
 def _as_datetime(value: Any) -> datetime | None:

@@ -33,6 +33,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import aliased
 
 from airflow_bkci.model.event import utcnow
 from airflow_bkci.store.store import Store
@@ -63,6 +64,36 @@ class Lane:
 
 def _insert(conn: Connection, table: type[Any]) -> Any:
     return (pg_insert if conn.dialect.name == "postgresql" else sqlite_insert)(table)
+
+
+def _circuit(row: Any, now: datetime) -> dict[str, Any]:
+    """The circuit as last recorded; an open one whose time is up is half-open by now.
+
+    A dispatcher only writes its circuit when it changes, so the move from open
+    to half-open, which is the clock passing ``open_until``, is read from here.
+    """
+    if row is None or row.circuit_changed_at is None:
+        return {
+            "state": "closed",
+            "failures": 0,
+            "open_until": None,
+            "owner": None,
+            "changed_at": None,
+        }
+    state = row.circuit_state
+    if state == "open" and (row.circuit_open_until is None or row.circuit_open_until <= now):
+        state = "half_open"
+    return {
+        "state": state,
+        "failures": int(row.circuit_failures),
+        "open_until": _iso(row.circuit_open_until),
+        "owner": row.circuit_owner,
+        "changed_at": _iso(row.circuit_changed_at),
+    }
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
 
 
 class Outbox:
@@ -344,17 +375,55 @@ class Outbox:
                 )
             )
 
-    # -- looking after it -----------------------------------------------------
+    def save_circuit(
+        self, endpoint: str, state: str, failures: int, open_until: datetime | None
+    ) -> None:
+        """Record the endpoint's circuit as this dispatcher sees it, for readers elsewhere.
 
-    def health(self) -> list[dict[str, Any]]:
-        """Per endpoint: lanes with something pending, oldest pending age, dead letters,
-        lanes backing off after a failure (with an error of theirs), and whether it is gone.
+        Several dispatchers (HA schedulers, API server workers) share the row:
+        the last one whose circuit changed wins, and ``circuit_owner`` says which.
         """
         now = utcnow()
+        values = {
+            "circuit_state": state,
+            "circuit_failures": failures,
+            "circuit_open_until": open_until,
+            "circuit_owner": self.owner[:100],
+            "circuit_changed_at": now,
+        }
+        with self.store._write() as conn:
+            stmt = _insert(conn, E).values(name=endpoint, gone=False, updated_at=now, **values)
+            conn.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=[E.name], set_={k: stmt.excluded[k] for k in values}
+                )
+            )
+
+    # -- looking after it -----------------------------------------------------
+
+    def health(self, *, include_idle: bool = False) -> list[dict[str, Any]]:
+        """Per endpoint: lanes with something pending, oldest pending age, dead letters,
+        lanes backing off after a failure (with an error of theirs), whether it is gone,
+        and its circuit.
+
+        ``oldest_pending_s`` is the age of the oldest change set an endpoint has
+        not acknowledged (for a lane waiting for a snapshot: since the lane last
+        changed). ``include_idle`` lists endpoints with nothing to report too:
+        every endpoint with a lane or a recorded circuit.
+        """
+        now = utcnow()
+        first = aliased(C)  # each pending lane's first unacknowledged change set
         with self.store._read() as conn:
             pending = conn.execute(
-                select(L.endpoint, func.count(), func.min(L.updated_at))
+                select(
+                    L.endpoint,
+                    func.count(),
+                    func.min(func.coalesce(first.created_at, L.updated_at)),
+                )
                 .join(B, B.build_id == L.build_id)
+                .outerjoin(
+                    first, and_(first.build_id == L.build_id, first.sequence == L.acked_seq + 1)
+                )
                 .where(or_(B.sequence > L.acked_seq, L.needs_snapshot))
                 .group_by(L.endpoint)
             ).all()
@@ -365,7 +434,7 @@ class Outbox:
                     .group_by(D.endpoint)
                 ).all()
             )
-            gone = dict(conn.execute(select(E.name, E.last_error).where(E.gone)).all())
+            endpoints = {row.name: row for row in conn.execute(select(E))}
             # Lanes backing off after a failed send, and one of their errors to show.
             retrying = {
                 r.endpoint: (int(r.lanes), r.last_error)
@@ -379,12 +448,19 @@ class Outbox:
                     .group_by(L.endpoint)
                 )
             }
+            idle = (
+                set(conn.execute(select(L.endpoint).distinct()).scalars()) if include_idle else ()
+            )
         empty = {"pending_lanes": 0, "oldest_pending_s": None}
         out: dict[str, dict[str, Any]] = {}
         for endpoint, count, oldest in pending:
-            age = (now - oldest).total_seconds() if oldest is not None else None
+            age = max(0.0, (now - oldest).total_seconds()) if oldest is not None else None
             out[endpoint] = {"pending_lanes": int(count), "oldest_pending_s": age}
-        for endpoint in set(dead) | set(gone) | set(retrying):
+        gone = {name for name, row in endpoints.items() if row.gone}
+        shown = set(dead) | gone | set(retrying)
+        if include_idle:
+            shown |= set(endpoints) | set(idle)
+        for endpoint in shown:
             out.setdefault(endpoint, dict(empty))
         return [
             {
@@ -393,7 +469,8 @@ class Outbox:
                 "dead_letters": int(dead.get(name, 0)),
                 "retrying_lanes": retrying.get(name, (0, None))[0],
                 "last_error": retrying.get(name, (0, None))[1],
-                "gone": gone.get(name),
+                "gone": (endpoints[name].last_error or "410 Gone") if name in gone else None,
+                "circuit": _circuit(endpoints.get(name), now),
             }
             for name, values in sorted(out.items())
         ]

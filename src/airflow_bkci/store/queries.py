@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, bindparam, func, select, tuple_
 
 from airflow_bkci.model.fsm import Decision, NodeState
 from airflow_bkci.model.status import BuildStatus
 from airflow_bkci.store.results import Transition
-from airflow_bkci.store.tables import BuildRow, ChangeRow, NodeRow, TransitionRow
+from airflow_bkci.store.tables import BuildRow, ChangeRow, NodeRow, PipelineRow, TransitionRow
 
-B, C, N, T = BuildRow, ChangeRow, NodeRow, TransitionRow
+B, C, N, P, T = BuildRow, ChangeRow, NodeRow, PipelineRow, TransitionRow
 
 
 def build_tree(conn: Connection, build_id: str) -> dict[str, Any] | None:
@@ -173,3 +174,157 @@ def history(conn: Connection, build_id: str, node_id: str) -> list[Transition]:
 def node_states(conn: Connection, build_id: str) -> dict[str, NodeState]:
     stmt = select(N.node_id, N.state).where(N.build_id == build_id)
     return {node_id: NodeState.from_json(state) for node_id, state in conn.execute(stmt)}
+
+
+# ----------------------------------------------------------------- query API
+@dataclass(frozen=True, slots=True)
+class BuildFilter:
+    """What the query API narrows a pipeline's builds by; every field narrows further.
+
+    ``since`` is inclusive and ``until`` exclusive, both on ``run_after`` (when
+    the run was due; the time the store first saw it when Airflow gave none).
+    """
+
+    statuses: tuple[BuildStatus, ...] = ()
+    since: datetime | None = None
+    until: datetime | None = None
+    trigger_types: tuple[str, ...] = ()
+    triggering_user: str | None = None
+
+
+BuildKey = tuple[datetime, int]
+"""Where a build sorts in its pipeline: (run_after, build_num), unique per pipeline."""
+
+_LISTED = (
+    B.build_id,
+    B.dag_id,
+    B.run_id,
+    B.build_num,
+    B.status,
+    B.trigger_type,
+    B.triggering_user,
+    B.run_after,
+    B.queued_at,
+    B.started_at,
+    B.ended_at,
+    B.updated_at,
+    B.sequence,
+)
+
+
+def pipeline_ids(conn: Connection) -> list[str]:
+    """Every pipeline the store has a build number counter for, sorted."""
+    return list(conn.execute(select(P.dag_id).order_by(P.dag_id)).scalars())
+
+
+def pipelines(conn: Connection, dag_ids: Sequence[str]) -> list[dict[str, Any]]:
+    """Each pipeline of ``dag_ids`` the store knows, with its newest build (None if none)."""
+    if not dag_ids:
+        return []
+    newest = (
+        select(B.build_id)
+        .where(B.dag_id == P.dag_id)
+        .order_by(B.run_after.desc(), B.build_num.desc())
+        .limit(1)
+        .correlate(P)
+        .scalar_subquery()
+    )
+    stmt = (
+        select(P.dag_id.label("pipeline_id"), P.last_build_num, P.created_at, *_LISTED)
+        .select_from(P)
+        .outerjoin(B, B.build_id == newest)
+        .where(P.dag_id.in_(list(dag_ids)))
+        .order_by(P.dag_id)
+    )
+    return [
+        {
+            "pipeline_id": row.pipeline_id,
+            "builds": int(row.last_build_num),
+            "created_at": _iso(row.created_at),
+            "latest_build": _listed(row._mapping) if row.build_id is not None else None,
+        }
+        for row in conn.execute(stmt)
+    ]
+
+
+def build_page(
+    conn: Connection, dag_id: str, flt: BuildFilter, after: BuildKey | None, limit: int
+) -> list[dict[str, Any]]:
+    """Up to ``limit`` builds of the pipeline, newest first, strictly after ``after``.
+
+    Keyset pagination on (run_after, build_num): a page starts where the last
+    one ended whatever was added meanwhile, so a build is never listed twice.
+    """
+    stmt = select(*_LISTED).where(B.dag_id == dag_id)
+    if flt.statuses:
+        stmt = stmt.where(B.status.in_([s.value for s in flt.statuses]))
+    if flt.trigger_types:
+        stmt = stmt.where(B.trigger_type.in_(list(flt.trigger_types)))
+    if flt.triggering_user is not None:
+        stmt = stmt.where(B.triggering_user == flt.triggering_user)
+    if flt.since is not None:
+        stmt = stmt.where(B.run_after >= flt.since)
+    if flt.until is not None:
+        stmt = stmt.where(B.run_after < flt.until)
+    if after is not None:
+        run_after = bindparam("after_run_after", after[0], type_=B.run_after.type)
+        stmt = stmt.where(tuple_(B.run_after, B.build_num) < tuple_(run_after, after[1]))
+    stmt = stmt.order_by(B.run_after.desc(), B.build_num.desc()).limit(limit)
+    return [_listed(row._mapping) for row in conn.execute(stmt)]
+
+
+def build_key(conn: Connection, build_id: str) -> tuple[str, BuildKey] | None:
+    """The build's pipeline and sort key, or None for an unknown build."""
+    row = conn.execute(
+        select(B.dag_id, B.run_after, B.build_num).where(B.build_id == build_id)
+    ).one_or_none()
+    return None if row is None else (row.dag_id, (row.run_after, int(row.build_num)))
+
+
+def changes_since(conn: Connection, build_id: str, after: int, limit: int) -> dict[str, Any] | None:
+    """The build's current sequence and up to ``limit`` change sets after ``after``, in order.
+
+    Bounded by the sequence read first: a change set committed between the two
+    statements is left for the next call, so the answer is consistent.
+    """
+    head = conn.execute(select(B.dag_id, B.sequence).where(B.build_id == build_id)).one_or_none()
+    if head is None:
+        return None
+    stmt = (
+        select(C.sequence, C.patch, C.created_at)
+        .where(C.build_id == build_id, C.sequence > after, C.sequence <= head.sequence)
+        .order_by(C.sequence)
+        .limit(limit)
+    )
+    return {
+        "build_id": build_id,
+        "pipeline_id": head.dag_id,
+        "sequence": int(head.sequence),
+        "changes": [
+            {"sequence": int(r.sequence), "patch": list(r.patch), "created_at": r.created_at}
+            for r in conn.execute(stmt)
+        ],
+    }
+
+
+def node_known(conn: Connection, build_id: str, node_id: str) -> bool:
+    """True when the build has the node now or had it in its history."""
+    now = select(N.node_id).where(N.build_id == build_id, N.node_id == node_id).exists()
+    before = select(T.id).where(T.build_id == build_id, T.node_id == node_id).exists()
+    return bool(conn.execute(select(now | before)).scalar())
+
+
+def _listed(row: Any) -> dict[str, Any]:
+    """A build as the query API lists it: the summary plus its filters and queue time."""
+    summary = _summary(row)
+    started, ended = row["started_at"], row["ended_at"]
+    summary.update(
+        trigger_type=row["trigger_type"],
+        triggering_user=row["triggering_user"],
+        queued_at=_iso(row["queued_at"]),
+        duration_ms=(
+            max(0, int((ended - started).total_seconds() * 1000)) if started and ended else None
+        ),
+        sequence=int(row["sequence"]),
+    )
+    return summary

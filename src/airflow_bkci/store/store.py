@@ -18,9 +18,10 @@ from airflow_bkci.forksafe import sqlite_section
 from airflow_bkci.model.event import StatusEvent, utcnow
 from airflow_bkci.model.fsm import NodeState
 from airflow_bkci.model.status import BuildStatus
-from airflow_bkci.store import migrate, queries
+from airflow_bkci.store import metrics, migrate, queries
 from airflow_bkci.store.apply import apply_events
 from airflow_bkci.store.engine import WRITE_OPTION, create_store_engine
+from airflow_bkci.store.queries import BuildFilter, BuildKey
 from airflow_bkci.store.recording import Recorder
 from airflow_bkci.store.results import ApplyResult, Transition
 from airflow_bkci.store.tables import QuarantineRow
@@ -133,6 +134,47 @@ class Store:
     def history(self, build_id: str, node_id: str = "") -> list[Transition]:
         with self._read() as conn:
             return queries.history(conn, build_id, node_id)
+
+    # -- the query API ----------------------------------------------------------
+
+    def pipeline_ids(self) -> list[str]:
+        """Every pipeline the store has seen a build of, sorted."""
+        with self._read() as conn:
+            return queries.pipeline_ids(conn)
+
+    def pipelines(self, dag_ids: Sequence[str]) -> list[dict[str, Any]]:
+        """The given pipelines (those the store knows), each with its newest build."""
+        with self._read() as conn:
+            return queries.pipelines(conn, dag_ids)
+
+    def build_page(
+        self, dag_id: str, flt: BuildFilter, after: BuildKey | None, limit: int
+    ) -> list[dict[str, Any]]:
+        """A page of the pipeline's builds, newest first, after the key ``after``."""
+        with self._read() as conn:
+            return queries.build_page(conn, dag_id, flt, after, limit)
+
+    def build_key(self, build_id: str) -> tuple[str, BuildKey] | None:
+        """``(dag_id, (run_after, build_num))`` of a build, or None if unknown."""
+        with self._read() as conn:
+            return queries.build_key(conn, build_id)
+
+    def changes_since(self, build_id: str, after: int, limit: int) -> dict[str, Any] | None:
+        """``{"build_id", "pipeline_id", "sequence", "changes"}``: change sets up to the
+        sequence current when read; None for an unknown build."""
+        with self._read() as conn:
+            return queries.changes_since(conn, build_id, after, limit)
+
+    def node_known(self, build_id: str, node_id: str) -> bool:
+        with self._read() as conn:
+            return queries.node_known(conn, build_id, node_id)
+
+    def pipeline_metrics(
+        self, dag_id: str, since: datetime, until: datetime, top: int = 10
+    ) -> dict[str, Any]:
+        """Outcomes, durations, queue times and failing tasks of builds due in the window."""
+        with self._read() as conn:
+            return metrics.pipeline_metrics(conn, dag_id, since, until, top)
 
     def node_states(self, build_id: str) -> dict[str, NodeState]:
         with self._read() as conn:

@@ -86,7 +86,12 @@ class BuildRow(Base):
     __table_args__ = (
         UniqueConstraint("dag_id", "run_id"),
         UniqueConstraint("dag_id", "build_num"),
-        Index(None, "dag_id", "run_after"),
+        # A pipeline's builds newest first, and each filter of the query API
+        # followed by that order: every page is an index range, never a sort.
+        Index(None, "dag_id", "run_after", "build_num"),
+        Index(None, "dag_id", "status", "run_after", "build_num"),
+        Index(None, "dag_id", "trigger_type", "run_after", "build_num"),
+        Index(None, "dag_id", "triggering_user", "run_after", "build_num"),
         Index(None, "run_after"),
         Index(None, "updated_at"),
     )
@@ -103,6 +108,11 @@ class BuildRow(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
     document: Mapped[dict[str, Any]] = mapped_column(JSONDoc)
+    # Copies of document fields the query API filters and measures on, so a
+    # filter is an index range rather than a scan of JSON.
+    trigger_type: Mapped[str | None] = mapped_column(String(50))
+    triggering_user: Mapped[str | None] = mapped_column(String(512))
+    queued_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # The sequence of the change set that made ``document``: read together,
     # they are a consistent snapshot. 0 until the first change.
     sequence: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
@@ -137,6 +147,15 @@ class EndpointRow(Base):
     gone: Mapped[bool] = mapped_column(Boolean, default=False)
     last_error: Mapped[str | None] = mapped_column(Text)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # The circuit as the dispatcher that last changed it saw it: dispatchers run
+    # in other processes (the scheduler), and the query API reports it from here.
+    circuit_state: Mapped[str] = mapped_column(
+        String(20), default="closed", server_default="closed"
+    )
+    circuit_failures: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    circuit_open_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    circuit_owner: Mapped[str | None] = mapped_column(String(100))
+    circuit_changed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class LaneRow(Base):

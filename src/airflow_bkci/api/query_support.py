@@ -1,0 +1,185 @@
+"""What every query route shares: the store, blocking calls, read permission, cursors, errors.
+
+Every query route authenticates first (:data:`airflow_bkci.api.security.Caller`,
+401), then validates its input (400/422, no database), then reads. Reads are
+blocking and run in a worker thread; an unreachable database is a 503 with
+Retry-After, never a 500.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import logging
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any, Protocol, TypeVar, cast
+
+from airflow.api_fastapi.auth.managers.base_auth_manager import BaseAuthManager
+from airflow.api_fastapi.auth.managers.models.base_user import BaseUser
+from fastapi import HTTPException, Request, status
+from starlette.concurrency import run_in_threadpool
+
+from airflow_bkci.api.errors import RETRY_AFTER_SECONDS, is_connection_error
+from airflow_bkci.api.security import readable_dags
+from airflow_bkci.store.queries import BuildFilter, BuildKey
+
+__all__ = [
+    "AIRFLOW_DB",
+    "STATUS_STORE",
+    "QueryStore",
+    "blocking",
+    "check_readable",
+    "decode_cursor",
+    "encode_cursor",
+    "problem",
+    "query_store",
+    "readable_among",
+]
+
+log = logging.getLogger(__name__)
+
+AIRFLOW_DB = "Airflow's database"
+STATUS_STORE = "the BK-CI status store"
+_CURSOR_VERSION = 1
+_MAX_CURSOR = 2000
+
+R = TypeVar("R")
+
+
+class QueryStore(Protocol):
+    """What the query routes need from :class:`airflow_bkci.store.Store`."""
+
+    def pipeline_ids(self) -> list[str]: ...
+
+    def pipelines(self, dag_ids: Sequence[str]) -> list[dict[str, Any]]: ...
+
+    def build_page(
+        self, dag_id: str, flt: BuildFilter, after: BuildKey | None, limit: int
+    ) -> list[dict[str, Any]]: ...
+
+    def build_key(self, build_id: str) -> tuple[str, BuildKey] | None: ...
+
+    def snapshot(self, build_id: str) -> dict[str, Any] | None: ...
+
+    def changes_since(self, build_id: str, after: int, limit: int) -> dict[str, Any] | None: ...
+
+    def node_known(self, build_id: str, node_id: str) -> bool: ...
+
+    def history(self, build_id: str, node_id: str = "") -> list[Any]: ...
+
+    def pipeline_metrics(
+        self, dag_id: str, since: datetime, until: datetime, top: int = 10
+    ) -> dict[str, Any]: ...
+
+
+# ------------------------------------------------------------------ answers
+def problem(
+    code: int, message: str, problems: Sequence[str] = (), headers: dict[str, str] | None = None
+) -> HTTPException:
+    """An HTTP error whose body is ``{"detail": {"message", "problems"}}``."""
+    return HTTPException(
+        code, detail={"message": message, "problems": list(problems) or [message]}, headers=headers
+    )
+
+
+def _unavailable(where: str, exc: BaseException) -> HTTPException:
+    cause = getattr(exc, "orig", None) or exc
+    first = (str(cause).strip().splitlines() or ["no message"])[0]
+    return problem(
+        status.HTTP_503_SERVICE_UNAVAILABLE,
+        f"{where} is unavailable; retry after {RETRY_AFTER_SECONDS} s",
+        [f"{type(cause).__name__}: {first}"],
+        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+    )
+
+
+# ------------------------------------------------------------ blocking calls
+async def blocking(where: str, func: Callable[..., R], *args: Any) -> R:
+    """Run ``func`` in a worker thread; a database that is down becomes a 503."""
+    try:
+        return await run_in_threadpool(func, *args)
+    except Exception as exc:
+        if not is_connection_error(exc):
+            raise
+        log.warning("bkci query API: %s failed", where, exc_info=True)
+        raise _unavailable(where, exc) from None
+
+
+async def query_store(request: Request) -> QueryStore:
+    """The app's status store, opened (and migrated) on first use; 503 while it cannot be."""
+    provider = request.app.state.bkci_store
+    if provider.ready:  # the common case: no thread hop
+        return cast(QueryStore, provider.get())
+    try:
+        return cast(QueryStore, await run_in_threadpool(provider.get))
+    except Exception as exc:
+        log.warning("bkci query API: cannot open %s", STATUS_STORE, exc_info=True)
+        raise _unavailable(STATUS_STORE, exc) from None
+
+
+# --------------------------------------------------------------- permission
+async def readable_among(
+    auth_manager: BaseAuthManager, user: BaseUser, dag_ids: Sequence[str]
+) -> set[str]:
+    """The DAGs among ``dag_ids`` the user may read (the auth manager may query Airflow)."""
+    if not dag_ids:
+        return set()
+    return await blocking(AIRFLOW_DB, readable_dags, auth_manager, user, dag_ids)
+
+
+async def check_readable(
+    auth_manager: BaseAuthManager, user: BaseUser, dag_id: str, what: str
+) -> None:
+    """403 unless the user may read the DAG; ``what`` names what was asked for."""
+    if dag_id in await readable_among(auth_manager, user, [dag_id]):
+        return
+    raise HTTPException(
+        status.HTTP_403_FORBIDDEN,
+        detail={
+            "message": f"you may not read DAG {dag_id!r}, so not {what} either; ask for "
+            "read permission on that DAG",
+            "dags": [dag_id],
+        },
+    )
+
+
+# ------------------------------------------------------------------ cursors
+def fingerprint(**filters: Any) -> str:
+    """A short digest of a list's filters: a cursor only continues the list it came from."""
+    text = json.dumps(filters, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def encode_cursor(scope: str, position: Any) -> str:
+    """An opaque cursor: where the last page ended, and the list (``scope``) it belongs to."""
+    raw = json.dumps({"v": _CURSOR_VERSION, "s": scope, "p": position}, separators=(",", ":"))
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, scope: str) -> Any:
+    """The position a cursor holds; 400 if it is not one of ours or continues another list."""
+    try:
+        if len(cursor) > _MAX_CURSOR:
+            raise ValueError("too long")
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        data = json.loads(raw)
+        if not isinstance(data, dict) or data.get("v") != _CURSOR_VERSION or "p" not in data:
+            raise ValueError("not a cursor of this API")
+    except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
+        raise problem(
+            status.HTTP_400_BAD_REQUEST,
+            f"cursor {cursor[:40]!r} is not a cursor this API gave out ({exc}); pass the "
+            "next_cursor of the previous page unchanged, or leave cursor out to start "
+            "from the first page",
+        ) from None
+    if data.get("s") != scope:
+        raise problem(
+            status.HTTP_400_BAD_REQUEST,
+            "this cursor continues another list (another pipeline or other filters); repeat "
+            "the query and filters of the page that gave it, or leave cursor out to start "
+            "from the first page",
+        )
+    return data["p"]
