@@ -7,8 +7,10 @@ runs in uvicorn with ``--workers`` processes, each with its own hub tailing
 the store. Client processes open ``--clients`` WebSocket connections (the
 websockets library, compression as negotiated by default), subscribe to one
 pipeline and note when each change set arrives. One more client subscribes
-and never reads (a 4 KiB receive buffer): it must be told to resync
-(close 4409) while every other client gets every change set.
+and never reads (a 4 KiB receive buffer); it also follows a second pipeline
+whose 100 builds change every round, so it falls behind by thousands of
+change sets. It must be cut loose (the server log counts the resyncs) while
+every other client gets every change set.
 
 The writer applies ``--rounds`` batches, one change set for each of
 ``--builds`` builds per batch, ``--interval`` s apart, and notes when each
@@ -52,6 +54,7 @@ from airflow_bkci.store import Store  # noqa: E402
 TARGET_P95_MS = 250.0
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 PER_PROCESS = 50
+FLOOD_BUILDS = 100
 COMPRESSION = os.environ.get("BKCI_BENCH_COMPRESSION", "deflate") or None
 
 
@@ -116,7 +119,11 @@ async def _client(
 
 
 async def _slow(url: str, pipeline: str, deadline: float, ready: Ready) -> dict:
-    """Subscribes, then reads nothing until the end; returns how it was closed."""
+    """Subscribes, then reads nothing until the end; returns how it was closed.
+
+    It also follows ``<pipeline>_flood``, whose builds the writer changes by the
+    hundred each round, so what it is owed outgrows the socket buffers.
+    """
     from websockets.asyncio.client import connect
     from websockets.exceptions import ConnectionClosed
 
@@ -132,7 +139,7 @@ async def _slow(url: str, pipeline: str, deadline: float, ready: Ready) -> dict:
         max_queue=1,
         max_size=None,  # type: ignore[list-item]
     ) as ws:
-        await ws.send(json.dumps({"op": "subscribe", "pipelines": [pipeline]}))
+        await ws.send(json.dumps({"op": "subscribe", "pipelines": [pipeline, f"{pipeline}_flood"]}))
         ready.set()
         await asyncio.sleep(max(0.0, deadline - time.time()))
         result: dict[str, Any] = {"closed_by_server": False, "code": None, "resync": False}
@@ -184,10 +191,16 @@ def phase(
     runs = [f"run-{i}" for i in range(args.builds)]
     seq = iter(range(1, 10**9))
     store.apply([event(pipeline, r, None, BuildStatus.QUEUE, next(seq)) for r in runs])
-    base = {
-        build_id_for(pipeline, r): store.snapshot(build_id_for(pipeline, r))["sequence"]
-        for r in runs
-    }  # type: ignore[index]
+    base = {}
+    for run in runs:
+        snap = store.snapshot(build_id_for(pipeline, run))
+        assert snap is not None
+        base[build_id_for(pipeline, run)] = snap["sequence"]
+    flood = [f"flood-{i}" for i in range(FLOOD_BUILDS if slow else 0)]
+    if flood:
+        store.apply(
+            [event(f"{pipeline}_flood", r, None, BuildStatus.QUEUE, next(seq)) for r in flood]
+        )
     expect = [(b, base[b] + i) for b in base for i in range(1, args.rounds + 1)]
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
@@ -215,6 +228,13 @@ def phase(
         batch = [event(pipeline, run, f"t{r:03d}", BuildStatus.QUEUE, next(seq)) for run in runs]
         store.apply(batch)
         done = time.time()
+        if flood:  # only the non-reading client follows these
+            store.apply(
+                [
+                    event(f"{pipeline}_flood", run, f"t{r:03d}", BuildStatus.QUEUE, next(seq))
+                    for run in flood
+                ]
+            )
         for b, first in base.items():
             commits[f"{b}:{first + r + 1}"] = done
         time.sleep(args.interval)
@@ -326,7 +346,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         ],
         env=env,
         cwd=REPO,
-        stderr=server_log,
+        stdout=server_log,
+        stderr=subprocess.STDOUT,
     )
     try:
         deadline = time.monotonic() + 60
