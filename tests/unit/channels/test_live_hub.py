@@ -262,3 +262,25 @@ def test_an_expired_token_ends_the_client(store: Store) -> None:
         await hub.stop()
 
     asyncio.run(main())
+
+
+def test_a_change_between_a_subscribe_and_the_first_poll_is_not_lost(store: Store) -> None:
+    for batch in steps("run-1", 2):
+        store.apply(batch)
+    build_id = build_id_for(DAG, "run-1")
+
+    async def main() -> None:
+        hub = make(store)
+        receiver = Receiver()
+        client = LiveClient(receiver.send, name="a", heartbeat=0)
+        client.builds.add(build_id)
+        hub.clients.add(client)  # registered, but the tailer has not looked yet
+        task = client.start(hub)
+        client.need(Head(build_id, DAG, 2), have=2)
+        await asyncio.to_thread(store.apply, steps("run-1", 3)[2])
+        await hub.poll_once()  # the first look only learns where builds are...
+        await until(lambda: client.have.get(build_id) == 3, "change set 3")  # ...and says so
+        assert [int(e["sequence"]) for e in receiver.events] == [3]
+        task.cancel()
+
+    asyncio.run(main())

@@ -87,6 +87,10 @@ class LiveClient:
     def follows(self, head: Head) -> bool:
         return head.build_id in self.builds or head.pipeline_id in self.pipelines
 
+    def holds(self, build_id: str) -> bool:
+        """The client has, or is being sent, something of this build."""
+        return build_id in self.have or build_id in self._wants
+
     def forget_unfollowed(self) -> None:
         """Stop sending builds no subscription covers any more (after an unsubscribe)."""
         for build_id, pipeline_id in list(self._pipeline_of.items()):

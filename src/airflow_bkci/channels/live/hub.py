@@ -125,9 +125,14 @@ class LiveHub:
         seen = self._clock()
         moved = [h for h in heads if h.sequence > self._known.get(h.build_id, (-1, 0.0))[0]]
         if not self._primed:
-            # What changed before anyone listened reaches clients by their subscribe.
-            moved = []
+            # What changed before anyone listened reaches clients by their subscribe;
+            # only builds a client already holds may have moved since it read them.
             self._primed = True
+            for head in heads:
+                for client in self.clients:
+                    if client.holds(head.build_id):
+                        client.need(head)
+            moved = []
         elif moved:
             after = {
                 h.build_id: self._known[h.build_id][0]
