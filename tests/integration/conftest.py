@@ -84,6 +84,9 @@ def _stack(home: Path, backend: str) -> Iterator[AirflowStack]:
         stack.configure("bkci", "recent_window", "3")
         # On PostgreSQL the API server dispatches too: lanes are shared by claim.
         stack.configure("bkci", "dispatch_in", "scheduler,api-server")
+        # Two API server workers, as in production: each has its own dispatcher and
+        # its own live tailer, and a WebSocket client may land on either.
+        stack.configure("api", "workers", "2")
     t0 = time.monotonic()
     try:
         with stack:

@@ -23,6 +23,7 @@ from airflow_bkci.devstack import AirflowStack
 from airflow_bkci.model.event import build_id_for
 from airflow_bkci.store import Store
 from tests.integration.auth_manager import HIDDEN_DAG, LIMITED_PASSWORD, LIMITED_USER
+from tests.integration.helpers import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -132,3 +133,45 @@ def test_a_connection_without_a_valid_token_is_closed(stack: AirflowStack, bad: 
         with pytest.raises(ConnectionClosed) as closed:
             ws.recv(timeout=30)
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 4401
+
+
+@pytest.mark.postgres
+def test_clients_on_different_api_server_workers_each_get_every_change(
+    pg_stack: AirflowStack,
+) -> None:
+    """The PostgreSQL stack runs two API server workers, each tailing the store itself."""
+    stack, admin = pg_stack, pg_stack.token()
+    store = Store(stack.store_url)
+    connections: dict[int, ClientConnection] = {}
+    opened: list[ClientConnection] = []
+    try:
+        for _ in range(20):  # the kernel spreads connections over the workers' shared socket
+            ws = live(stack, admin)
+            opened.append(ws)
+            ws.send(json.dumps({"op": "subscribe", "pipelines": [DAG]}))
+            ack = next(f for f in frames(ws, time.monotonic() + 30) if f.get("op"))
+            assert ack["op"] == "subscribed"
+            connections.setdefault(ack["worker"], ws)
+            if len(connections) == 2:
+                break
+        assert len(connections) == 2, f"every connection landed on worker {list(connections)}"
+        run_id = stack.trigger(DAG)
+        build_id = build_id_for(DAG, run_id)
+        assert stack.wait_run(DAG, run_id, timeout=180) == "success"
+        snap = eventually(
+            lambda: (s := store.snapshot(build_id)) and s["document"]["status"] == "SUCCEED" and s,
+            60,
+            f"the store to see {build_id} succeed",
+        )
+        for worker, ws in connections.items():
+            mirror = BuildMirror()
+            for frame in frames(ws, time.monotonic() + 60):
+                if "specversion" in frame and frame["subject"] == build_id:
+                    mirror.receive(frame)
+                    if mirror.sequence(build_id) == snap["sequence"]:
+                        break
+            assert mirror.document(build_id) == snap["document"], f"worker {worker}"
+    finally:
+        for ws in opened:
+            ws.close()
+        store.dispose()

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import os
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -288,6 +289,7 @@ class _Session:
                 "subscribed",
                 pipelines=sorted(pipelines),
                 builds={b: heads[b].sequence for b in sorted(request.builds)},
+                worker=os.getpid(),  # which API server worker process serves this connection
             )
         )
         for build_id, last in request.builds.items():
