@@ -31,3 +31,16 @@ def airflow_rows(stack: AirflowStack, sql: str, **params: Any) -> list[Any]:
             return list(conn.execute(text(sql), params))
     finally:
         engine.dispose()
+
+
+def user_token(stack: AirflowStack, username: str, password: str) -> str:
+    """A Bearer JWT of this user from the stack's ``POST /auth/token``."""
+    import requests
+
+    resp = requests.post(
+        f"{stack.api_url}/auth/token",
+        json={"username": username, "password": password},
+        timeout=60,
+    )
+    resp.raise_for_status()
+    return str(resp.json()["access_token"])

@@ -17,6 +17,7 @@ from sqlalchemy import create_engine, text
 from airflow_bkci.devstack import AirflowStack
 from airflow_bkci.model.event import build_id_for
 from tests.integration.auth_manager import LIMITED_DAG, LIMITED_PASSWORD, LIMITED_USER
+from tests.integration.helpers import user_token
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres]
 
@@ -35,13 +36,7 @@ class Api:
         self.url = f"{stack.api_url}/bkci/v1"
 
     def token(self, username: str, password: str) -> str:
-        resp = requests.post(
-            f"{self.stack.api_url}/auth/token",
-            json={"username": username, "password": password},
-            timeout=HTTP_TIMEOUT,
-        )
-        resp.raise_for_status()
-        return str(resp.json()["access_token"])
+        return user_token(self.stack, username, password)
 
     def cancel(self, body: dict[str, Any], token: str | None) -> requests.Response:
         headers = {"Authorization": f"Bearer {token}"} if token else {}

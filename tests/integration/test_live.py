@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import requests
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
@@ -23,7 +22,7 @@ from airflow_bkci.devstack import AirflowStack
 from airflow_bkci.model.event import build_id_for
 from airflow_bkci.store import Store
 from tests.integration.auth_manager import HIDDEN_DAG, LIMITED_PASSWORD, LIMITED_USER
-from tests.integration.helpers import eventually
+from tests.integration.helpers import eventually, user_token
 
 pytestmark = pytest.mark.integration
 
@@ -48,14 +47,6 @@ def live(stack: AirflowStack, token: str | None) -> ClientConnection:
     url = stack.api_url.replace("http://", "ws://", 1) + "/bkci/v1/live"
     protocols = ["bkci.v1", *([f"bearer.{token}"] if token else [])]
     return connect(url, subprotocols=protocols, open_timeout=20)  # type: ignore[arg-type]
-
-
-def token(stack: AirflowStack, user: str, password: str) -> str:
-    resp = requests.post(
-        f"{stack.api_url}/auth/token", json={"username": user, "password": password}, timeout=30
-    )
-    resp.raise_for_status()
-    return str(resp.json()["access_token"])
 
 
 def frames(ws: ClientConnection, until: float) -> Iterator[dict[str, Any]]:
@@ -111,7 +102,7 @@ def test_client_that_reconnects_mid_run_ends_with_the_stores_tree(
 
 
 def test_a_user_who_may_not_read_a_dag_is_refused_it(stack: AirflowStack) -> None:
-    limited = token(stack, LIMITED_USER, LIMITED_PASSWORD)
+    limited = user_token(stack, LIMITED_USER, LIMITED_PASSWORD)
     with live(stack, limited) as ws:
         ws.send(json.dumps({"op": "subscribe", "pipelines": [HIDDEN_DAG]}))
         refused = next(f for f in frames(ws, time.monotonic() + 30) if f.get("op"))

@@ -18,7 +18,7 @@ from airflow_bkci.devstack import AirflowStack
 from airflow_bkci.model.event import build_id_for
 from tests.integration.auth_manager import HIDDEN_DAG, LIMITED_PASSWORD, LIMITED_USER
 from tests.integration.conftest import RUN_TIMEOUT, ExampleRuns
-from tests.integration.helpers import airflow_rows, eventually
+from tests.integration.helpers import airflow_rows, eventually, user_token
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -37,13 +37,7 @@ class Query:
         self.url = f"{stack.api_url}/bkci/v1"
 
     def token(self, username: str, password: str) -> str:
-        resp = requests.post(
-            f"{self.stack.api_url}/auth/token",
-            json={"username": username, "password": password},
-            timeout=HTTP_TIMEOUT,
-        )
-        resp.raise_for_status()
-        return str(resp.json()["access_token"])
+        return user_token(self.stack, username, password)
 
     def get(self, path: str, token: str | None, **params: Any) -> requests.Response:
         headers = {"Authorization": f"Bearer {token}"} if token else {}

@@ -33,6 +33,7 @@ from airflow_bkci.exceptions import StoreUnavailable
 from airflow_bkci.model.event import build_id_for
 from airflow_bkci.model.status import BuildStatus
 from airflow_bkci.store import Store
+from tests.unit.api.users import User
 from tests.unit.store.builders import build_event
 
 with warnings.catch_warnings():
@@ -46,17 +47,6 @@ CANCEL = "/v1/builds/cancel"
 ALICE = {"Authorization": "Bearer alice-token"}  # may edit every DAG but "payments"
 BOB = {"Authorization": "Bearer bob-token"}
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
-
-
-class User(BaseUser):
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def get_id(self) -> str:
-        return self.name
-
-    def get_name(self) -> str:
-        return self.name
 
 
 class FakeAuthManager:

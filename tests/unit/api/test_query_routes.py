@@ -20,6 +20,7 @@ from airflow_bkci.model.event import build_id_for, utcnow
 from airflow_bkci.store import Store
 from airflow_bkci.store.outbox import Outbox
 from airflow_bkci.store.tables import BuildRow, ChangeRow
+from tests.unit.api.users import User
 from tests.unit.store.builders import build_event, event, iso
 
 with warnings.catch_warnings():
@@ -32,17 +33,6 @@ S = BuildStatus
 ALICE = {"Authorization": "Bearer alice-token"}  # may not read "payments" nor connections
 BOB = {"Authorization": "Bearer bob-token"}  # may read everything
 ETL = "etl"
-
-
-class User(BaseUser):
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def get_id(self) -> str:
-        return self.name
-
-    def get_name(self) -> str:
-        return self.name
 
 
 class FakeAuthManager:

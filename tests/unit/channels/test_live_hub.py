@@ -75,14 +75,23 @@ def make(store: Store, **kw: Any) -> LiveHub:
     return LiveHub(StoreTail(store), source="/test", poll_interval=0.01, **kw)
 
 
+def follow(
+    hub: LiveHub, *, pipelines: tuple[str, ...] = (DAG,), builds: tuple[str, ...] = (), **kw: Any
+) -> tuple[LiveClient, Receiver, asyncio.Task[None]]:
+    """A client of ``hub`` that follows these pipelines and builds, its sender running."""
+    receiver = Receiver()
+    kw.setdefault("heartbeat", 0)
+    client = LiveClient(receiver.send, name=kw.pop("name", "a"), **kw)
+    client.pipelines.update(pipelines)
+    client.builds.update(builds)
+    hub.add(client)
+    return client, receiver, client.start(hub)
+
+
 def test_pipeline_follower_gets_every_change_set_in_order(store: Store) -> None:
     async def main() -> None:
         hub = make(store)
-        receiver = Receiver()
-        client = LiveClient(receiver.send, name="a", heartbeat=0)
-        client.pipelines.add(DAG)
-        hub.add(client)
-        task = client.start(hub)
+        client, receiver, task = follow(hub)
         await until(lambda: hub.polls >= 1, "the first poll")
         build_id = build_id_for(DAG, "run-1")
         for i, batch in enumerate(steps("run-1", 6), start=1):
@@ -105,11 +114,7 @@ def test_a_client_with_nothing_of_a_build_under_way_gets_a_snapshot(store: Store
 
     async def main() -> None:
         hub = make(store)
-        receiver = Receiver()
-        client = LiveClient(receiver.send, name="a", heartbeat=0)
-        client.pipelines.add(DAG)
-        hub.add(client)
-        task = client.start(hub)
+        client, receiver, task = follow(hub)
         client.need(Head(build_id, DAG, 4))
         await until(lambda: client.have.get(build_id) == 4, "the snapshot")
         await asyncio.to_thread(store.apply, steps("run-1", 5)[4])
@@ -130,11 +135,7 @@ def test_resume_sends_only_what_the_client_lacks(store: Store) -> None:
 
     async def main() -> None:
         hub = make(store)
-        receiver = Receiver()
-        client = LiveClient(receiver.send, name="a", heartbeat=0)
-        client.builds.add(build_id)
-        hub.add(client)
-        task = client.start(hub)
+        client, receiver, task = follow(hub, pipelines=(), builds=(build_id,))
         client.need(Head(build_id, DAG, 5), have=2)
         await until(lambda: client.have.get(build_id) == 5, "the missing change sets")
         assert [int(e["sequence"]) for e in receiver.events] == [3, 4, 5]
@@ -179,11 +180,7 @@ def test_a_change_committed_late_with_an_older_timestamp_is_still_delivered(stor
 
     async def main() -> None:
         hub = make(store)
-        receiver = Receiver()
-        client = LiveClient(receiver.send, name="a", heartbeat=0)
-        client.pipelines.add(DAG)
-        hub.add(client)
-        task = client.start(hub)
+        client, receiver, task = follow(hub)
         await until(lambda: hub.polls >= 1, "the first poll")
         await asyncio.to_thread(store.apply, steps("run-2", 1)[0])
         polls = hub.polls
@@ -237,10 +234,7 @@ def test_two_workers_each_tailing_the_store_both_see_every_change(store: Store) 
 def test_heartbeats_on_an_idle_connection(store: Store) -> None:
     async def main() -> None:
         hub = make(store)
-        receiver = Receiver()
-        client = LiveClient(receiver.send, name="a", heartbeat=0.05)
-        hub.add(client)
-        task = client.start(hub)
+        _, receiver, task = follow(hub, pipelines=(), heartbeat=0.05)
         await until(lambda: len(receiver.frames) >= 2, "two heartbeats")
         assert {f["op"] for f in receiver.frames} == {"heartbeat"}
         task.cancel()
