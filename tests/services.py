@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+from typing import NoReturn
 
 import pytest
 
 DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
 _checked: dict[str, str | None] = {}
 
@@ -19,11 +22,43 @@ def require_postgres() -> str:
     problem = _checked[url]
     if problem is None:
         return url
-    message = (
+    _unavailable(
         f"PostgreSQL at {url} is not reachable ({problem}). Start one (e.g. "
         "`docker run -d -p 5432:5432 -e POSTGRES_HOST_AUTH_METHOD=trust postgres:16`) "
         "or point BKCI_TEST_PG_URL at one whose user may create databases."
     )
+
+
+def require_rabbitmq() -> str:
+    """The AMQP URL of a reachable RabbitMQ, or skip (fail when CI=true)."""
+    url = os.environ.get("BKCI_TEST_AMQP_URL", DEFAULT_AMQP_URL)
+    if url not in _checked:
+        _checked[url] = _probe_rabbitmq(url)
+    problem = _checked[url]
+    if problem is None:
+        return url
+    _unavailable(
+        f"RabbitMQ at {url} is not reachable ({problem}). Start one (e.g. "
+        "`docker run -d -p 5672:5672 rabbitmq:4`) or point BKCI_TEST_AMQP_URL at one "
+        "whose user may declare and delete exchanges and queues."
+    )
+
+
+def require_redis() -> str:
+    """The URL of a reachable Redis, or skip (fail when CI=true)."""
+    url = os.environ.get("BKCI_TEST_REDIS_URL", DEFAULT_REDIS_URL)
+    if url not in _checked:
+        _checked[url] = _probe_redis(url)
+    problem = _checked[url]
+    if problem is None:
+        return url
+    _unavailable(
+        f"Redis at {url} is not reachable ({problem}). Start one (e.g. "
+        "`docker run -d -p 6379:6379 redis:7`) or point BKCI_TEST_REDIS_URL at one."
+    )
+
+
+def _unavailable(message: str) -> NoReturn:
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(message, pytrace=False)
     pytest.skip(message)
@@ -40,4 +75,35 @@ def _probe_postgres(url: str) -> str | None:
             conn.execute("SELECT 1")
     except psycopg.Error as exc:
         return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return None
+
+
+def _probe_rabbitmq(url: str) -> str | None:
+    try:
+        import pika
+    except ImportError:
+        return "pika is not installed; pip install pika"
+    params = pika.URLParameters(url)
+    params.socket_timeout = 3
+    params.connection_attempts = 1
+    try:
+        pika.BlockingConnection(params).close()
+    except pika.exceptions.AMQPError as exc:
+        return f"{type(exc).__name__}: {exc}"
+    except OSError as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def _probe_redis(url: str) -> str | None:
+    try:
+        import redis
+    except ImportError:
+        return "redis is not installed; pip install redis"
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=3)
+        client.ping()
+        client.close()
+    except redis.RedisError as exc:
+        return f"{type(exc).__name__}: {exc}"
     return None

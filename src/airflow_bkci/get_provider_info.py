@@ -236,7 +236,11 @@ def get_provider_info() -> dict[str, Any]:
             {
                 "connection-type": "bkci_webhook",
                 "hook-class-name": "airflow_bkci.hooks.webhook.BkciWebhookHook",
-            }
+            },
+            {
+                "connection-type": "bkci_mq",
+                "hook-class-name": "airflow_bkci.hooks.mq.BkciMqHook",
+            },
         ],
         "config": {
             "bkci": {

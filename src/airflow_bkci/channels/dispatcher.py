@@ -325,7 +325,7 @@ class Dispatcher:
             self._bury(batch, f"rejected: {result.error}", snapshot_next=lambda i: not i.snapshot)
             report.dead_lettered += len(batch)
             log.warning(
-                "bkci webhook %s permanently rejected %d events of %d builds (%s); they are dead "
+                "bkci channel %s permanently rejected %d events of %d builds (%s); they are dead "
                 "letters now (`airflow-bkci outbox dead-letters`); each build gets a snapshot next",
                 channel.name,
                 events,
@@ -341,7 +341,7 @@ class Dispatcher:
             self.outbox.set_gone(channel.name, reason)
             self._gone[channel.name] = (self._clock(), reason)
             self.outbox.release([item.lane for item in batch])
-            log.error("bkci webhook %s: %s", channel.name, reason)
+            log.error("bkci channel %s: %s", channel.name, reason)
             return False
         self._failed(channel, batch, result, report)
         return False
@@ -368,7 +368,7 @@ class Dispatcher:
         )
         report.failed_lanes += len(retrying)
         log.warning(
-            "bkci webhook %s: could not deliver %d events of %d builds (%s); retrying with "
+            "bkci channel %s: could not deliver %d events of %d builds (%s); retrying with "
             "backoff%s",
             channel.name,
             sum(len(i.events) for i in batch),

@@ -18,9 +18,25 @@ ChannelFactory = Callable[[list[str]], Mapping[str, ReplayChannel]]
 
 
 def _configured_channels(names: list[str]) -> Mapping[str, ReplayChannel]:
+    """A channel per endpoint name (a connection id), by the connection's type."""
+    from airflow.sdk import BaseHook
+
+    from airflow_bkci.hooks.mq import BkciMqHook, configured_mq_channels
     from airflow_bkci.hooks.webhook import configured_channels
 
-    return {c.name: c for c in configured_channels(names)}
+    queues = []
+    for name in names:
+        try:
+            if BaseHook.get_connection(name).conn_type == BkciMqHook.conn_type:
+                queues.append(name)
+        except Exception:  # a missing connection is reported by configured_channels
+            continue
+    webhooks = [n for n in names if n not in queues]
+    channels: list[ReplayChannel] = [
+        *configured_channels(webhooks),
+        *configured_mq_channels(queues),
+    ]
+    return {c.name: c for c in channels}
 
 
 def _open(args: argparse.Namespace) -> Any:

@@ -116,11 +116,17 @@ def configured_channels(conn_ids: list[str] | None = None) -> list[WebhookChanne
 
 
 def dispatcher_from_conf(store: Store) -> Dispatcher | None:
-    """The dispatcher ``[bkci]`` describes, or None when no endpoint is configured."""
-    from airflow_bkci import conf
-    from airflow_bkci.channels.dispatcher import Dispatcher
+    """The dispatcher ``[bkci]`` describes, or None when no endpoint is configured.
 
-    channels = configured_channels()
+    Its channels are the webhooks of ``webhook_conn_ids`` and the message
+    queues of ``mq_conn_ids``; a broken connection is logged and left out.
+    """
+    from airflow_bkci import conf
+    from airflow_bkci.channels.dispatcher import Channel, Dispatcher
+    from airflow_bkci.hooks.mq import configured_mq_channels
+
+    # Names are connection ids, so a webhook and a queue never share outbox lanes.
+    channels: list[Channel] = [*configured_channels(), *configured_mq_channels()]
     if not channels:
         return None
     return Dispatcher(

@@ -336,4 +336,4 @@ def test_an_endpoint_answering_garbage_is_named_and_the_others_go_on(
     health = {h["endpoint"]: h for h in d.outbox.health()}
     assert health["junk"]["pending_lanes"] == len(BUILDS) and health["junk"]["dead_letters"] == 0
     assert "check that connection 'junk' points at the receiver" in health["junk"]["last_error"]
-    assert "bkci webhook junk: could not deliver" in caplog.text
+    assert "bkci channel junk: could not deliver" in caplog.text
