@@ -42,6 +42,7 @@ from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.exc import DBAPIError
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
+from airflow_bkci.cancel.guard import guard_in_background
 from airflow_bkci.cancel.marks import ensure_tables
 from airflow_bkci.cancel.notify import notify_in_background
 from airflow_bkci.cancel.plan import (
@@ -252,6 +253,12 @@ class CancelService:
                 phase = "dry run" if request.dry_run else "committed"
                 progress(phase, len(result.builds), len(plan.targets))
         result.seconds = time.perf_counter() - started
+        if not request.dry_run:
+            guard_in_background(
+                self.engine,
+                [(b.dag_id, b.run_id) for b in result.changed if b.state == "failed"],
+                cancel_id,
+            )
         if not request.dry_run and self.notify_listeners and result.changed:
             self._notifiers = [t for t in self._notifiers if t.is_alive()]
             self._notifiers.append(notify_in_background(self.engine, result, request))
