@@ -37,6 +37,7 @@ from airflow_bkci.channels.webhook import Delivery, SendResult
 from airflow_bkci.model.event import utcnow
 from airflow_bkci.spool.forwarder import WaitStrategy, backoff_delay
 from airflow_bkci.store.outbox import Lane, Outbox
+from airflow_bkci.store.signal import StoreSignal
 from airflow_bkci.store.store import Store
 
 __all__ = ["DEFAULT_SCHEDULE", "Channel", "Dispatcher", "PassReport", "retry_wait"]
@@ -412,6 +413,14 @@ class Dispatcher:
             self._thread.join(timeout)
 
     def _run(self) -> None:
+        # Another process (the API server, a relay) stores change sets too: be told.
+        signal = StoreSignal(self.store.engine)
+        try:
+            self._loop(signal)
+        finally:
+            signal.close()
+
+    def _loop(self, signal: StoreSignal) -> None:
         failures = 0
         while not self._stop.is_set():
             try:
@@ -427,5 +436,5 @@ class Dispatcher:
                 if self.batch_wait:
                     self._stop.wait(self.batch_wait)
                 continue
-            self._wake.wait(self.poll_interval)
+            signal.wait(self.poll_interval, self._wake)
             self._wake.clear()

@@ -145,6 +145,11 @@ class Outbox:
     def claim(self, endpoint: str, limit: int) -> list[Lane]:
         """Lease up to ``limit`` lanes with something to send and no backoff running."""
         now = utcnow()
+        # Look before leasing: most passes find nothing, and on SQLite the lease
+        # would take the store's one write lock every pass.
+        with self.store._read() as conn:
+            if conn.execute(self._due(endpoint, now).limit(1)).first() is None:
+                return []
         with self.store._write() as conn:
             stmt = (
                 select(
@@ -176,6 +181,19 @@ class Outbox:
                     .values(lease_owner=self.owner, lease_until=now + self.lease)
                 )
         return lanes
+
+    @staticmethod
+    def _due(endpoint: str, now: datetime) -> Any:
+        return (
+            select(L.build_id)
+            .join(B, B.build_id == L.build_id)
+            .where(
+                L.endpoint == endpoint,
+                or_(B.sequence > L.acked_seq, L.needs_snapshot),
+                L.next_attempt_at <= now,
+                or_(L.lease_until.is_(None), L.lease_until < now),
+            )
+        )
 
     def pending(self, lanes: Sequence[Lane], limit: int) -> dict[str, list[dict[str, Any]]]:
         """Each lane's next change sets (at most ``limit``), in sequence order, in one query.

@@ -24,6 +24,7 @@ from airflow_bkci.store.engine import WRITE_OPTION, create_store_engine
 from airflow_bkci.store.queries import BuildFilter, BuildKey
 from airflow_bkci.store.recording import Recorder
 from airflow_bkci.store.results import ApplyResult, Transition
+from airflow_bkci.store.signal import announce
 from airflow_bkci.store.tables import QuarantineRow
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,8 @@ class Store:
                 now = utcnow()
                 with self._write() as conn:
                     result = apply_events(conn, events, now)
+                    if result.build_ids:
+                        announce(conn)  # wakes dispatchers in other processes at commit
                 self._record(events, now)
                 return result
             except StoreUnavailable as exc:
