@@ -362,6 +362,12 @@ class AirflowStack:
         )
         out.close()
 
+    def pids(self, component: str) -> set[int]:
+        """The process ids of a running component and of every process it started."""
+        proc = self._procs[component]
+        family = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+        return {p.pid for p in family}
+
     def log_path(self, component: str) -> Path:
         return self.home / "logs" / f"{component}.log"
 

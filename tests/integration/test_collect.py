@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from sqlalchemy import text
+
 from airflow_bkci.model.event import build_id_for
 from tests.integration.truth import (
     RETRY_STEPS,
@@ -112,3 +114,17 @@ def test_manual_mark_success_in_the_api_overrides_the_failure(examples, store):
         for t in store.history(build_id_for("bkci_failure", run_id), "deploy")
     ]
     assert steps[-2:] == [(1, "FAILED"), (1, "SUCCEED")], steps
+
+
+def test_task_starts_are_recorded_by_the_api_server_as_airflow_records_them(examples, store):
+    """The execution API's task-run calls, seen by our root middleware, give the RUNNING rows."""
+    stack, _ = examples
+    with store.engine.connect() as conn:
+        sources = conn.execute(
+            text(
+                "SELECT DISTINCT source FROM bkci_transition "
+                "WHERE to_status = 'RUNNING' AND node_id != '' AND source LIKE 'db@%'"
+            )
+        ).scalars()
+        pids = {int(source.rsplit(":", 1)[1]) for source in sources}
+    assert pids & stack.pids("api-server"), f"RUNNING recorded only by {pids}"

@@ -7,6 +7,7 @@ from typing import Any
 from airflow.plugins_manager import AirflowPlugin
 
 from airflow_bkci.listeners.server import ServerListener
+from airflow_bkci.listeners.task_start import TaskStartMiddleware
 from airflow_bkci.listeners.worker import WorkerListener
 
 
@@ -38,3 +39,7 @@ class BkciPlugin(AirflowPlugin):
     name = "bkci"
     listeners = [ServerListener(), WorkerListener()]
     fastapi_apps = _FastApiApps()
+    # Sees the execution API's task-run calls: a start is recorded when Airflow records it.
+    fastapi_root_middlewares = [
+        {"middleware": TaskStartMiddleware, "args": [], "kwargs": {}, "name": "bkci task starts"}
+    ]
