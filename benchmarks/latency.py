@@ -23,6 +23,7 @@ first arrival counts.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -79,6 +80,9 @@ def _one_configuration(
     )
     st.configure("bkci", "webhook_conn_ids", "bkci_bench")
     for option, value in settings.items():
+        st.configure("bkci", option, value)
+    for item in filter(None, os.environ.get("BKCI_BENCH_SET", "").split(",")):
+        option, value = item.split("=", 1)
         st.configure("bkci", option, value)
     try:
         st.start(expect_dags=set(EXPECTED_STATES), timeout=300.0)
