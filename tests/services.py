@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import NoReturn
 
 import pytest
@@ -16,46 +17,48 @@ _checked: dict[str, str | None] = {}
 
 def require_postgres() -> str:
     """The admin URL of a reachable PostgreSQL, or skip (fail when CI=true)."""
-    url = os.environ.get("BKCI_TEST_PG_URL", DEFAULT_PG_URL)
-    if url not in _checked:
-        _checked[url] = _probe_postgres(url)
-    problem = _checked[url]
-    if problem is None:
-        return url
-    _unavailable(
-        f"PostgreSQL at {url} is not reachable ({problem}). Start one (e.g. "
+    return _require(
+        "BKCI_TEST_PG_URL",
+        DEFAULT_PG_URL,
+        _probe_postgres,
+        "PostgreSQL at {url} is not reachable ({problem}). Start one (e.g. "
         "`docker run -d -p 5432:5432 -e POSTGRES_HOST_AUTH_METHOD=trust postgres:16`) "
-        "or point BKCI_TEST_PG_URL at one whose user may create databases."
+        "or point BKCI_TEST_PG_URL at one whose user may create databases.",
     )
 
 
 def require_rabbitmq() -> str:
     """The AMQP URL of a reachable RabbitMQ, or skip (fail when CI=true)."""
-    url = os.environ.get("BKCI_TEST_AMQP_URL", DEFAULT_AMQP_URL)
-    if url not in _checked:
-        _checked[url] = _probe_rabbitmq(url)
-    problem = _checked[url]
-    if problem is None:
-        return url
-    _unavailable(
-        f"RabbitMQ at {url} is not reachable ({problem}). Start one (e.g. "
+    return _require(
+        "BKCI_TEST_AMQP_URL",
+        DEFAULT_AMQP_URL,
+        _probe_rabbitmq,
+        "RabbitMQ at {url} is not reachable ({problem}). Start one (e.g. "
         "`docker run -d -p 5672:5672 rabbitmq:4`) or point BKCI_TEST_AMQP_URL at one "
-        "whose user may declare and delete exchanges and queues."
+        "whose user may declare and delete exchanges and queues.",
     )
 
 
 def require_redis() -> str:
     """The URL of a reachable Redis, or skip (fail when CI=true)."""
-    url = os.environ.get("BKCI_TEST_REDIS_URL", DEFAULT_REDIS_URL)
+    return _require(
+        "BKCI_TEST_REDIS_URL",
+        DEFAULT_REDIS_URL,
+        _probe_redis,
+        "Redis at {url} is not reachable ({problem}). Start one (e.g. "
+        "`docker run -d -p 6379:6379 redis:7`) or point BKCI_TEST_REDIS_URL at one.",
+    )
+
+
+def _require(variable: str, default: str, probe: Callable[[str], str | None], advice: str) -> str:
+    """The service's URL once ``probe`` finds it up (checked once per URL), else skip or fail."""
+    url = os.environ.get(variable, default)
     if url not in _checked:
-        _checked[url] = _probe_redis(url)
+        _checked[url] = probe(url)
     problem = _checked[url]
     if problem is None:
         return url
-    _unavailable(
-        f"Redis at {url} is not reachable ({problem}). Start one (e.g. "
-        "`docker run -d -p 6379:6379 redis:7`) or point BKCI_TEST_REDIS_URL at one."
-    )
+    _unavailable(advice.format(url=url, problem=problem))
 
 
 def _unavailable(message: str) -> NoReturn:
