@@ -12,17 +12,21 @@ import base64
 import binascii
 import hashlib
 import json
-import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import datetime
-from typing import Any, Protocol, TypeVar, cast
+from typing import Any, Protocol, cast
 
 from airflow.api_fastapi.auth.managers.base_auth_manager import BaseAuthManager
 from airflow.api_fastapi.auth.managers.models.base_user import BaseUser
 from fastapi import HTTPException, Request, status
-from starlette.concurrency import run_in_threadpool
 
-from airflow_bkci.api.errors import RETRY_AFTER_SECONDS, is_connection_error
+from airflow_bkci.api.errors import (
+    AIRFLOW_DB,
+    STATUS_STORE,
+    blocking,
+    opened,
+    problem,
+)
 from airflow_bkci.api.security import readable_dags
 from airflow_bkci.store.queries import BuildFilter, BuildKey
 
@@ -39,14 +43,8 @@ __all__ = [
     "readable_among",
 ]
 
-log = logging.getLogger(__name__)
-
-AIRFLOW_DB = "Airflow's database"
-STATUS_STORE = "the BK-CI status store"
 _CURSOR_VERSION = 1
 _MAX_CURSOR = 2000
-
-R = TypeVar("R")
 
 
 class QueryStore(Protocol):
@@ -75,49 +73,9 @@ class QueryStore(Protocol):
     ) -> dict[str, Any]: ...
 
 
-# ------------------------------------------------------------------ answers
-def problem(
-    code: int, message: str, problems: Sequence[str] = (), headers: dict[str, str] | None = None
-) -> HTTPException:
-    """An HTTP error whose body is ``{"detail": {"message", "problems"}}``."""
-    return HTTPException(
-        code, detail={"message": message, "problems": list(problems) or [message]}, headers=headers
-    )
-
-
-def _unavailable(where: str, exc: BaseException) -> HTTPException:
-    cause = getattr(exc, "orig", None) or exc
-    first = (str(cause).strip().splitlines() or ["no message"])[0]
-    return problem(
-        status.HTTP_503_SERVICE_UNAVAILABLE,
-        f"{where} is unavailable; retry after {RETRY_AFTER_SECONDS} s",
-        [f"{type(cause).__name__}: {first}"],
-        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
-    )
-
-
-# ------------------------------------------------------------ blocking calls
-async def blocking(where: str, func: Callable[..., R], *args: Any) -> R:
-    """Run ``func`` in a worker thread; a database that is down becomes a 503."""
-    try:
-        return await run_in_threadpool(func, *args)
-    except Exception as exc:
-        if not is_connection_error(exc):
-            raise
-        log.warning("bkci query API: %s failed", where, exc_info=True)
-        raise _unavailable(where, exc) from None
-
-
 async def query_store(request: Request) -> QueryStore:
     """The app's status store, opened (and migrated) on first use; 503 while it cannot be."""
-    provider = request.app.state.bkci_store
-    if provider.ready:  # the common case: no thread hop
-        return cast(QueryStore, provider.get())
-    try:
-        return cast(QueryStore, await run_in_threadpool(provider.get))
-    except Exception as exc:
-        log.warning("bkci query API: cannot open %s", STATUS_STORE, exc_info=True)
-        raise _unavailable(STATUS_STORE, exc) from None
+    return cast(QueryStore, await opened(request.app.state.bkci_store, STATUS_STORE))
 
 
 # --------------------------------------------------------------- permission

@@ -18,7 +18,6 @@ from typing import Annotated, Any, Protocol, TypeVar, cast
 
 from fastapi import APIRouter, HTTPException, Path, Request, status
 from sqlalchemy import Engine, select
-from starlette.concurrency import run_in_threadpool
 
 from airflow_bkci.api.cancel_schemas import (
     CancelBody,
@@ -28,7 +27,15 @@ from airflow_bkci.api.cancel_schemas import (
     ForbiddenAnswer,
     ProblemAnswer,
 )
-from airflow_bkci.api.errors import RETRY_AFTER_SECONDS, is_connection_error
+from airflow_bkci.api.errors import (
+    AIRFLOW_DB,
+    STATUS_STORE,
+    blocking,
+    is_connection_error,
+    opened,
+    problem,
+    unavailable,
+)
 from airflow_bkci.api.security import AuthManager, Caller, denied_dags
 from airflow_bkci.cancel import CancelRejected, CancelRequest, CancelResult, RunFilter
 from airflow_bkci.cancel.request import CancelForbidden, CancelIncomplete, RunKey
@@ -40,8 +47,6 @@ log = logging.getLogger(__name__)
 
 router = APIRouter(tags=["cancel"])
 
-AIRFLOW_DB = "Airflow's database"
-STATUS_STORE = "the BK-CI status store"
 SHOWN = 10  # ids named in a message; the problems list names up to LISTED
 LISTED = 100
 
@@ -66,23 +71,8 @@ class BuildIndex(Protocol):
 
 
 # ------------------------------------------------------------------ answers
-def _problem(
-    code: int, message: str, problems: Sequence[str], headers: dict[str, str] | None = None
-) -> HTTPException:
-    return HTTPException(
-        code, detail={"message": message, "problems": list(problems)}, headers=headers
-    )
-
-
 def _rejected(exc: CancelRejected) -> HTTPException:
-    return _problem(exc.status, f"nothing was canceled: {'; '.join(exc.problems)}", exc.problems)
-
-
-def _first_line(exc: BaseException) -> str:
-    # The driver's own words, without the SQL and parameters SQLAlchemy appends.
-    cause = getattr(exc, "orig", None) or exc
-    text = str(cause).strip().splitlines()
-    return f"{type(cause).__name__}: {text[0] if text else 'no message'}"
+    return problem(exc.status, f"nothing was canceled: {'; '.join(exc.problems)}", exc.problems)
 
 
 def _unavailable(where: str, exc: BaseException) -> HTTPException:
@@ -93,13 +83,11 @@ def _unavailable(where: str, exc: BaseException) -> HTTPException:
         )
     else:
         message = f"{where} is unavailable"
-    return _problem(
-        status.HTTP_503_SERVICE_UNAVAILABLE,
-        f"{message}; retry after {RETRY_AFTER_SECONDS} s. A cancel commits in full or not at "
-        "all, and sending it again is safe: builds already canceled come back as "
-        "already_canceled",
-        [_first_line(exc)],
-        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+    return unavailable(
+        where,
+        exc,
+        f"{message}. A cancel commits in full or not at all, and sending it again is safe: "
+        "builds already canceled come back as already_canceled",
     )
 
 
@@ -116,7 +104,13 @@ def _forbidden(message: str, denied: list[str]) -> HTTPException:
 async def _blocking(where: str, func: Callable[..., R], *args: Any) -> R:
     """Run ``func`` in a worker thread; refusals and an unreachable database become answers."""
     try:
-        return await run_in_threadpool(func, *args)
+        return await blocking(
+            where,
+            func,
+            *args,
+            retryable=lambda exc: is_connection_error(exc) or is_lock_conflict(exc),
+            answer=_unavailable,
+        )
     except CancelForbidden as exc:
         raise _forbidden(exc.problems[0], exc.dags) from None
     except CancelRejected as exc:
@@ -128,27 +122,13 @@ async def _blocking(where: str, func: Callable[..., R], *args: Any) -> R:
             status.HTTP_500_INTERNAL_SERVER_ERROR,
             detail={"message": str(exc), "partial": exc.result.to_json()},
         ) from None
-    except Exception as exc:
-        if not (is_connection_error(exc) or is_lock_conflict(exc)):
-            raise
-        log.warning("bkci cancel API: %s failed", where, exc_info=True)
-        raise _unavailable(where, exc) from None
-
-
-async def _opened(provider: Any, where: str) -> Any:
-    """The app's lazily built service or store; whatever stops it opening, try again later."""
-    try:
-        return await run_in_threadpool(provider.get)
-    except Exception as exc:
-        log.warning("bkci cancel API: cannot open %s", where, exc_info=True)
-        raise _unavailable(where, exc) from None
 
 
 # --------------------------------------------------------------- the request
 def _check_count(body: CancelBody, limit: int) -> None:
     named = len(body.builds or ()) + len(body.build_ids or ())
     if named > limit:
-        raise _problem(
+        raise problem(
             status.HTTP_413_CONTENT_TOO_LARGE,
             f"{named} builds named; one request may name at most {limit} "
             "([bkci] cancel_max_builds). Nothing was canceled: split it into smaller requests",
@@ -161,7 +141,7 @@ async def _runs_of(request: Request, body: CancelBody) -> list[RunKey]:
         return [(b.dag_id, b.run_id) for b in body.builds]
     if not body.build_ids:
         return []
-    store = cast(BuildIndex, await _opened(request.app.state.bkci_store, STATUS_STORE))
+    store = cast(BuildIndex, await opened(request.app.state.bkci_store, STATUS_STORE))
     refs = await _blocking(STATUS_STORE, store.build_refs, body.build_ids)
     unknown = [b for b in dict.fromkeys(body.build_ids) if b not in refs]
     if unknown:
@@ -169,7 +149,7 @@ async def _runs_of(request: Request, body: CancelBody) -> list[RunKey]:
         if len(unknown) > LISTED:
             listed.append(f"and {len(unknown) - LISTED} more unknown build ids")
         ids = "build ids" if len(unknown) > 1 else "build id"
-        raise _problem(
+        raise problem(
             status.HTTP_404_NOT_FOUND,
             f"nothing was canceled: {len(unknown)} unknown {ids}: {_named(unknown)}. The status "
             "store knows a build once its run was seen; name the run by dag_id and run_id instead",
@@ -224,7 +204,7 @@ async def cancel_builds(
     it CANCELED. Needs edit permission on every DAG involved. With ``dry_run``
     the answer is exactly what would change, and nothing does.
     """
-    service = cast(CancelBackend, await _opened(request.app.state.bkci_cancel, AIRFLOW_DB))
+    service = cast(CancelBackend, await opened(request.app.state.bkci_cancel, AIRFLOW_DB))
     _check_count(body, service.max_builds)
     wanted = _cancel_request(body, await _runs_of(request, body), user.get_name())
 
@@ -317,10 +297,10 @@ async def get_cancel(
     Only a cancel that changed a build is kept (not a dry run); its record goes
     with its runs. Needs read permission on every DAG involved.
     """
-    service = cast(CancelBackend, await _opened(request.app.state.bkci_cancel, AIRFLOW_DB))
+    service = cast(CancelBackend, await opened(request.app.state.bkci_cancel, AIRFLOW_DB))
     record = await _blocking(AIRFLOW_DB, read_cancel, service.engine, cancel_id)
     if record is None:
-        raise _problem(
+        raise problem(
             status.HTTP_404_NOT_FOUND,
             f"no cancel {cancel_id!r} here: the id is unknown, was a dry run, changed no "
             "build, or its runs were deleted",
