@@ -19,6 +19,7 @@ from typing import Any
 
 from sqlalchemy import Engine, and_, create_engine, or_, select
 from sqlalchemy.orm import Session
+from tenacity import wait_exponential_jitter
 
 from airflow_bkci.forksafe import sqlite_section
 from airflow_bkci.listeners.background import BackgroundLoop
@@ -27,8 +28,11 @@ from airflow_bkci.listeners.rows import CancelMark, RunRow, TaskRow
 from airflow_bkci.listeners.sink import EventSink
 from airflow_bkci.model.event import utcnow
 from airflow_bkci.model.layout import TaskPlace, dag_layout
+from airflow_bkci.spool.forwarder import backoff_delay
 
 log = logging.getLogger(__name__)
+
+_CATCH_UP_BACKOFF = wait_exponential_jitter(initial=0.5, max=5.0, jitter=0.5)
 
 
 @dataclass(frozen=True)
@@ -312,10 +316,15 @@ class Reconciler(BackgroundLoop):
         # would otherwise fall out of the recent window unseen.
         pending_catch_up = self.catch_up is not None
         extra: Sequence[tuple[str, str]] = ()
+        # Asked again with a backoff, not on every pass: each try may wait for a
+        # connection, and the passes go on meanwhile (the sink keeps their events).
+        failures, next_ask = 0, 0.0
         while not self._stop.is_set():
             started = time.monotonic()
-            if pending_catch_up:
-                extra, pending_catch_up = self._read_catch_up()
+            if pending_catch_up and started >= next_ask:
+                extra, pending_catch_up = self._read_catch_up(failures + 1)
+                failures = failures + 1 if pending_catch_up else 0
+                next_ask = started + backoff_delay(_CATCH_UP_BACKOFF, failures)
             try:
                 self.poll_once(extra)
                 extra = ()
@@ -323,12 +332,17 @@ class Reconciler(BackgroundLoop):
                 log.warning("bkci: reconcile pass failed; retrying", exc_info=True)
             self._stop.wait(max(0.05, self.interval - (time.monotonic() - started)))
 
-    def _read_catch_up(self) -> tuple[Sequence[tuple[str, str]], bool]:
+    def _read_catch_up(self, attempt: int) -> tuple[Sequence[tuple[str, str]], bool]:
         assert self.catch_up is not None
         try:
             known = self.catch_up()
         except Exception as exc:
-            log.warning("bkci: status store not reachable to catch up (%s); asking again", exc)
+            if attempt == 1 or attempt % 20 == 0:  # an outage says so once, then now and then
+                log.warning(
+                    "bkci: status store not reachable to catch up (%s); asking again (try %d)",
+                    exc,
+                    attempt,
+                )
             return (), True
         if known.last_update is not None:
             # The next pass reads every run that ended since the store last

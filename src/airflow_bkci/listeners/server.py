@@ -11,6 +11,7 @@ task instances that are not ORM objects are ignored here.
 
 from __future__ import annotations
 
+import _thread
 import logging
 import threading
 from dataclasses import replace
@@ -162,7 +163,10 @@ class ServerCollector:
                     return
                 threading.Event().wait(0.1)
 
-        threading.Thread(target=wait_for_role, name="bkci-role", daemon=True).start()
+        # threading.Thread.start() waits until the new thread runs, which takes
+        # milliseconds on a busy host, inside Airflow's start-up; the low-level
+        # call returns at once. The thread only starts our real (named) ones.
+        _thread.start_new_thread(wait_for_role, ())
 
     def start_reconciler(self) -> None:
         with self._lock:

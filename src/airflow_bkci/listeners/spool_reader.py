@@ -16,6 +16,7 @@ record is moved to the spool's quarantine with the reason, as a forwarder does.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 
 from tenacity import wait_exponential_jitter
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 
 # The spool is always an SQLite file: every touch of it keeps forks out.
 _SPOOL = "sqlite"
+_WAIT_SLICE = 0.05
 
 
 class SpoolReader(BackgroundLoop):
@@ -87,9 +89,11 @@ class SpoolReader(BackgroundLoop):
         if not events:
             return 0
         self.sink.put(events)
-        if not self.sink.flush(self.apply_timeout):
+        if not self._applied():
             with sqlite_section(_SPOOL):
                 spool.release(ids)
+            if self._stop.is_set():
+                return 0  # stopping: the rows wait in the spool for the next reader
             raise TimeoutError(
                 f"the status store did not take {len(events)} spooled records within "
                 f"{self.apply_timeout:.0f}s; they stay in {spool.path}"
@@ -98,6 +102,18 @@ class SpoolReader(BackgroundLoop):
             spool.ack(ids)
         self.read += len(events)
         return len(events)
+
+    def _applied(self) -> bool:
+        """Wait for the sink to apply what it was given, at most ``apply_timeout`` s.
+
+        Waits in slices, so a stop does not wait for the rest of that time: during
+        a store outage it would hold the component's shutdown.
+        """
+        deadline = time.monotonic() + self.apply_timeout
+        while not self.sink.flush(_WAIT_SLICE):
+            if self._stop.is_set() or time.monotonic() >= deadline:
+                return False
+        return True
 
     def stop(self, timeout: float = 5.0) -> None:
         super().stop(timeout)

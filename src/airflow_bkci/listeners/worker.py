@@ -20,6 +20,7 @@ from typing import Any
 
 from airflow.listeners import hookimpl
 
+from airflow_bkci import conf
 from airflow_bkci.spool.forwarder import Forwarder
 from airflow_bkci.spool.records import RECORD_VERSION
 from airflow_bkci.spool.spool import Spool
@@ -298,18 +299,12 @@ def _process_runtime() -> _Runtime:
 
 
 def _conf_spool() -> Spool:
-    from airflow_bkci import conf
-
     return Spool(conf.spool_path(), autocheckpoint=False)
 
 
 def _conf_enabled() -> bool:
-    from airflow_bkci import conf
-
     return conf.enabled()
 
 
 def _conf_flush_timeout() -> float:
-    from airflow_bkci import conf
-
     return conf.forward_timeout()

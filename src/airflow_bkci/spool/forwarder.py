@@ -8,16 +8,21 @@ try, for another task runner on the host, or for ``airflow-bkci relay``.
 
 from __future__ import annotations
 
+import encodings.idna  # noqa: F401 - see below
+import http.client
 import json
 import logging
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from email.message import Message
 from typing import Any
+from urllib.parse import urlsplit
 
-import httpx
 from tenacity import RetryCallState, Retrying, wait_exponential_jitter
 
+from airflow_bkci import conf
 from airflow_bkci.exceptions import BkciError, InvalidEvent
 from airflow_bkci.spool.records import event_from_text
 from airflow_bkci.spool.spool import Spool
@@ -61,7 +66,35 @@ class BatchResult:
         self.rejected_reasons.extend(other.rejected_reasons)
 
 
-def _retry_after(response: httpx.Response) -> float | None:
+class TransportError(OSError):
+    """The request did not get an answer: refused, reset, timed out, bad URL."""
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Seconds to wait for the connection, and then for each read of the answer."""
+
+    connect: float
+    read: float
+
+
+@dataclass(frozen=True)
+class Reply:
+    """The receiver's answer, read in full."""
+
+    status_code: int
+    headers: Message
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+    @property
+    def text(self) -> str:
+        return self.body.decode("utf-8", "replace")
+
+
+def _retry_after(response: Reply) -> float | None:
     raw = response.headers.get("Retry-After")
     try:
         return max(0.0, float(raw)) if raw else None
@@ -69,7 +102,7 @@ def _retry_after(response: httpx.Response) -> float | None:
         return None  # an HTTP date: fall back to our own backoff
 
 
-def _detail(response: httpx.Response) -> str:
+def _detail(response: Reply) -> str:
     try:
         body = response.json()
     except ValueError:
@@ -77,6 +110,77 @@ def _detail(response: httpx.Response) -> str:
     if isinstance(body, dict) and "detail" in body:
         return str(body["detail"])[:200]
     return str(body)[:200]
+
+
+class _Endpoint:
+    """One kept-alive connection to the ingest URL, on the standard library's http.client.
+
+    Not httpx: its first client costs about 16 ms of CPU in a fresh task runner
+    (imports and an SSL context even for plain http), paid at every task's exit;
+    http.client answers a refused connection in about 0.2 ms. A TLS context is
+    made only for an https URL, from the system's CA store (SSL_CERT_FILE and
+    SSL_CERT_DIR apply). ``encodings.idna`` is imported with this module: the
+    socket module imports it on its first name lookup (about 1 ms), and task
+    runners forked from a process that imported us then share it.
+    """
+
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise TransportError(f"ingest URL {url!r} is not an http(s) URL")
+        self.https = parts.scheme == "https"
+        self.host = parts.hostname
+        self.port = parts.port or (443 if self.https else 80)
+        self.target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        self._conn: http.client.HTTPConnection | None = None
+
+    def post(self, body: bytes, headers: dict[str, str], timeouts: Timeouts) -> Reply:
+        reused = self._conn is not None
+        try:
+            return self._post(body, headers, timeouts)
+        except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
+            self.close()
+            if not reused:
+                raise
+        # A kept-alive connection the receiver had closed: one more try on a new one
+        # (the receiver drops records it already has, by source and counter).
+        return self._post(body, headers, timeouts)
+
+    def _post(self, body: bytes, headers: dict[str, str], timeouts: Timeouts) -> Reply:
+        conn = self._connect(timeouts)
+        try:
+            if conn.sock is not None:
+                conn.sock.settimeout(timeouts.read)
+            conn.request("POST", self.target, body=body, headers=headers)
+            answer = conn.getresponse()
+            reply = Reply(answer.status, answer.headers, answer.read())
+        except BaseException:
+            self.close()
+            raise
+        if answer.will_close:
+            self.close()
+        return reply
+
+    def _connect(self, timeouts: Timeouts) -> http.client.HTTPConnection:
+        if self._conn is None:
+            conn: http.client.HTTPConnection
+            if self.https:
+                conn = http.client.HTTPSConnection(
+                    self.host,
+                    self.port,
+                    timeout=timeouts.connect,
+                    context=ssl.create_default_context(),
+                )
+            else:
+                conn = http.client.HTTPConnection(self.host, self.port, timeout=timeouts.connect)
+            conn.connect()
+            self._conn = conn
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
 
 class Forwarder:
@@ -98,31 +202,25 @@ class Forwarder:
         connect_timeout: float = 1.0,
         read_timeout: float = 5.0,
         wait: WaitStrategy = DEFAULT_WAIT,
-        session: httpx.Client | None = None,
     ) -> None:
         self.spool = spool
         self.url = url
         self._secret = secret
         self.batch_size = max(1, int(batch_size))
-        self.timeouts = httpx.Timeout(read_timeout, connect=connect_timeout)
+        self.timeouts = Timeouts(connect=connect_timeout, read=read_timeout)
         self.wait = wait
-        self._client = session
-
-    @property
-    def _session(self) -> httpx.Client:
         # Made on the first send: a task runner whose receiver is backing off
-        # never pays for a client. httpx, not requests: the Task SDK has
-        # imported it already. A plain-http ingest URL never does TLS, so it
-        # skips loading the CA bundle (~50 ms of CPU in every task runner).
-        if self._client is None:
-            self._client = httpx.Client(verify=not str(self.url).startswith("http://"))
-        return self._client
+        # never builds one.
+        self._endpoint: _Endpoint | None = None
+
+    def close(self) -> None:
+        """Close the kept-alive connection, if any."""
+        if self._endpoint is not None:
+            self._endpoint.close()
 
     @classmethod
     def from_conf(cls, spool: Spool, **kwargs: Any) -> Forwarder:
         """A forwarder configured from ``[bkci]`` (ingest_url, ingest_secret, batch size)."""
-        from airflow_bkci import conf
-
         secret: str | None
         try:
             secret = conf.ingest_secret()
@@ -142,9 +240,8 @@ class Forwarder:
             timeouts = self.timeouts
             if end is not None:
                 left = max(0.01, end - time.monotonic())
-                timeouts = httpx.Timeout(
-                    min(left, self.timeouts.read or left),
-                    connect=min(left, self.timeouts.connect or left),
+                timeouts = Timeouts(
+                    connect=min(left, self.timeouts.connect), read=min(left, self.timeouts.read)
                 )
             result = self.send_batch(timeouts)
             total.add(result)
@@ -153,7 +250,7 @@ class Forwarder:
             if end is not None and time.monotonic() >= end:
                 return total
 
-    def send_batch(self, timeouts: httpx.Timeout | None = None) -> BatchResult:
+    def send_batch(self, timeouts: Timeouts | None = None) -> BatchResult:
         """Claim one batch, post it, ack or quarantine or give it back. Never raises."""
         try:
             return self._send_batch(timeouts or self.timeouts)
@@ -161,17 +258,17 @@ class Forwarder:
             log.warning("BK-CI forwarder failed on the spool at %s", self.spool.path, exc_info=True)
             return BatchResult(error=f"spool error: {type(exc).__name__}: {exc}")
 
-    def _send_batch(self, timeouts: httpx.Timeout) -> BatchResult:
+    def _send_batch(self, timeouts: Timeouts) -> BatchResult:
         result = BatchResult()
         rows = self.spool.claim(self.batch_size)
         result.claimed = len(rows)
         ids: list[int] = []
-        records: list[Any] = []
+        records: list[str] = []
         for row_id, text in rows:
             reason = self._local_reject(text)
             if reason is None:
                 ids.append(row_id)
-                records.append(json.loads(text))
+                records.append(text)  # checked JSON already: sent as spooled
             else:
                 self._quarantine(row_id, reason, result)
         if not records:
@@ -180,14 +277,16 @@ class Forwarder:
             self.spool.release(ids)
             result.error = "no ingest secret: set [bkci] ingest_secret on this worker"
             return result
+        body = ("[" + ",".join(records) + "]").encode()
+        headers = {
+            "Authorization": f"Bearer {self._secret}",
+            "Content-Type": "application/json",
+        }
         try:
-            response = self._session.post(
-                self.url,
-                json=records,
-                headers={"Authorization": f"Bearer {self._secret}"},
-                timeout=timeouts,
-            )
-        except httpx.HTTPError as exc:
+            if self._endpoint is None:
+                self._endpoint = _Endpoint(self.url)
+            response = self._endpoint.post(body, headers, timeouts)
+        except (OSError, http.client.HTTPException) as exc:
             self.spool.release(ids)
             result.error = f"{type(exc).__name__}: {exc}"
             return result
@@ -207,9 +306,7 @@ class Forwarder:
         result.rejected_reasons.append(reason)
         log.warning("BK-CI spool row %d quarantined in %s: %s", row_id, self.spool.path, reason)
 
-    def _handle_response(
-        self, response: httpx.Response, ids: list[int], result: BatchResult
-    ) -> None:
+    def _handle_response(self, response: Reply, ids: list[int], result: BatchResult) -> None:
         status = response.status_code
         if 200 <= status < 300:
             rejected = self._rejected_indexes(response, len(ids))
@@ -238,7 +335,7 @@ class Forwarder:
                 result.retry_after = _retry_after(response)
 
     @staticmethod
-    def _rejected_indexes(response: httpx.Response, count: int) -> dict[int, str]:
+    def _rejected_indexes(response: Reply, count: int) -> dict[int, str]:
         try:
             body = response.json()
         except ValueError:

@@ -47,7 +47,10 @@ CREATE TABLE IF NOT EXISTS receiver_backoff (
     retry_at REAL NOT NULL,
     error TEXT NOT NULL
 );
+PRAGMA user_version = 1;
 """
+_SCHEMA_VERSION = 1
+"""``PRAGMA user_version`` of a spool file with every table of :data:`_SCHEMA`."""
 
 
 @dataclass(frozen=True)
@@ -96,14 +99,17 @@ class Spool:
             check_same_thread=False,  # guarded by self._lock
         )
         try:
-            run = self._retrying
-            run(lambda: conn.execute("PRAGMA busy_timeout=0"))
-            run(lambda: conn.execute("PRAGMA journal_mode=WAL").fetchall())
+            run = self._retrying  # connect(timeout=0) set SQLite's busy timeout to 0
+            (version,) = run(lambda: conn.execute("PRAGMA user_version").fetchone())
+            if version != _SCHEMA_VERSION:
+                # Only the first opener of a file: WAL mode and the tables stay in it,
+                # so a task runner's open is one header read and no DDL.
+                run(lambda: conn.execute("PRAGMA journal_mode=WAL").fetchall())
+                run(lambda: conn.executescript(_SCHEMA))
             run(lambda: conn.execute("PRAGMA synchronous=NORMAL"))
             if not self._autocheckpoint:
                 # Appenders on a hot path leave WAL checkpoints to the forwarder's commits.
                 run(lambda: conn.execute("PRAGMA wal_autocheckpoint=0"))
-            run(lambda: conn.executescript(_SCHEMA))
             # Maps the WAL index now, so the first append (a hook) does not pay for it.
             run(lambda: conn.execute("SELECT 1 FROM spool LIMIT 1").fetchall())
         except BaseException:

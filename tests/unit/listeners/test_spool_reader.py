@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -118,3 +119,22 @@ def test_the_thread_reads_new_records_until_stopped(spool: Spool, store: Store):
     spool.append(worker_record("load", seq=3, state="running"))
     assert not wait_until(lambda: _status(store, "load") is not None, timeout=0.3)
     assert spool.pending_count() == 1, "a stopped reader leaves the spool alone"
+
+
+def test_a_store_outage_does_not_hold_the_readers_stop(spool: Spool, store: Store):
+    target = SwitchableStore(store)
+    target.up.clear()
+    spool.append(worker_record("extract", state="running"))
+    reader, sink = _reader(spool, target, interval=0.02, apply_timeout=60.0)
+    reader.start()
+    try:
+        assert wait_until(lambda: sink.failing, timeout=5.0)
+        assert spool.pending_count() == 1
+    finally:
+        started = time.monotonic()
+        reader.stop(30.0)
+        stopped_after = time.monotonic() - started
+        sink.stop(1.0)
+    assert stopped_after < 5.0, f"the reader held the stop for {stopped_after:.1f}s"
+    assert spool.pending_count() == 1 and spool.claim(10) != [], "given back for the next reader"
+    assert _status(store, "extract") is None

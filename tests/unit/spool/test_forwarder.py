@@ -35,6 +35,9 @@ class Receiver:
         self.max_batch: int | None = None
         self.release = threading.Event()
         self.server: ThreadingHTTPServer | None = None
+        self.keep_alive = False  # answer as HTTP/1.1 and keep the connection open
+        self.drop_idle = False  # then close it silently after each answer, as an idle timeout
+        self.connections = 0
 
     @property
     def records(self) -> list[dict[str, Any]]:
@@ -51,6 +54,12 @@ class Receiver:
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args: Any) -> None:
                 pass
+
+            def setup(self) -> None:
+                super().setup()
+                receiver.connections += 1
+                if receiver.keep_alive:
+                    self.protocol_version = "HTTP/1.1"
 
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
@@ -80,6 +89,8 @@ class Receiver:
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
+                if receiver.drop_idle:
+                    self.close_connection = True
 
         return Handler
 
@@ -129,6 +140,39 @@ def test_drain_sends_every_row_in_batches_with_the_secret(spool: Spool, receiver
     assert [r["task_id"] for r in receiver.records] == [f"t{i}" for i in range(5)]
     assert set(receiver.auth) == {f"Bearer {SECRET}"}
     assert spool.pending_count() == 0
+
+
+def test_batches_share_one_kept_alive_connection(spool: Spool, receiver: Receiver) -> None:
+    receiver.keep_alive = True
+    for i in range(6):
+        spool.append(record(f"t{i}", seq=i))
+    result = forwarder(spool, receiver.url, batch_size=2).drain()
+    assert (result.sent, result.error) == (6, None)
+    assert receiver.connections == 1
+    assert spool.pending_count() == 0
+
+
+def test_a_connection_the_receiver_closed_while_idle_is_replaced(
+    spool: Spool, receiver: Receiver
+) -> None:
+    receiver.keep_alive = receiver.drop_idle = True
+    fwd = forwarder(spool, receiver.url)
+    for i in range(3):
+        spool.append(record(f"t{i}", seq=i))
+        time.sleep(0.05)  # the receiver has closed the previous connection by now
+        result = fwd.drain()
+        assert (result.sent, result.error) == (1, None)
+    assert [r["task_id"] for r in receiver.records] == ["t0", "t1", "t2"]
+    assert spool.pending_count() == 0
+
+
+@pytest.mark.parametrize("url", ["ftp://127.0.0.1/ingest", "http:///no-host", "not a url"])
+def test_an_unusable_ingest_url_keeps_the_rows_and_says_why(spool: Spool, url: str) -> None:
+    spool.append(record())
+    result = forwarder(spool, url).drain()
+    assert result.sent == 0
+    assert result.error is not None and "is not an http(s) URL" in result.error
+    assert spool.pending_count() == 1
 
 
 def test_receiver_down_leaves_rows_and_send_now_returns_early(spool: Spool) -> None:
@@ -254,7 +298,7 @@ def test_relay_once_fails_when_the_receiver_is_down(spool: Spool) -> None:
     lines: list[str] = []
     assert relay(True, forwarder=forwarder(spool, free_port_url()), echo=lines.append) == 1
     assert spool.pending_count() == 1
-    assert "send failed: ConnectError" in lines[-1]
+    assert "send failed: ConnectionRefusedError" in lines[-1]
 
 
 def test_relay_forever_backs_off_after_failures(spool: Spool) -> None:
