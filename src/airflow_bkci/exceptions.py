@@ -33,3 +33,20 @@ class StoreUnavailable(BkciError):
 
 class ConfigError(BkciError):
     """A [bkci] option has a value the package cannot use."""
+
+
+class OwnersFileError(BkciError):
+    """The notification owners file cannot be read or has a line that is not a rule."""
+
+    def __init__(
+        self, source: str, line_number: int | None, line: str | None, problem: str, fix: str
+    ) -> None:
+        self.source = source
+        self.line_number = line_number
+        self.line = line
+        self.problem = problem
+        self.fix = fix
+        where = source if line_number is None else f"{source}, line {line_number}"
+        if line is not None:
+            where += f" ({line.strip()!r})"
+        super().__init__(f"{where}: {problem}. {fix}")
