@@ -22,10 +22,10 @@ from airflow.listeners import hookimpl
 
 from airflow_bkci import conf
 from airflow_bkci.spool.forwarder import Forwarder
-from airflow_bkci.spool.records import RECORD_VERSION
+from airflow_bkci.spool.records import QUALITY_CHECKS, RECORD_VERSION
 from airflow_bkci.spool.spool import Spool
 
-__all__ = ["WorkerListener", "error_summary", "task_record"]
+__all__ = ["WorkerListener", "error_summary", "record_quality_check", "task_record"]
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +126,9 @@ class _Runtime:
         self.seen: set[tuple[Any, ...]] = set()
         self.unflushed = False
 
-    def record(self, ti: Any, state: str, error: object) -> None:
+    def record(
+        self, ti: Any, state: str, error: object, extra: dict[str, Any] | None = None
+    ) -> None:
         if self.enabled is None:
             self.enabled = bool(self.enabled_check())
         if not self.enabled:
@@ -135,6 +137,9 @@ class _Runtime:
         record = task_record(ti, state, error)
         identity = tuple(record[k] for k in ("dag_id", "run_id", "task_id", "map_index"))
         identity += (record["try_number"], state)
+        if extra:
+            record.update(extra)
+            identity += tuple(sorted(extra.items()))
         with self.lock:
             spool = self._ensure_started()
             if identity in self.seen:
@@ -282,6 +287,34 @@ class WorkerListener:
                 getattr(ti, "task_id", ti),
                 exc_info=True,
             )
+
+
+def record_quality_check(task_instance: Any, status: str, summary: str | None = None) -> bool:
+    """Show a quality gate's state on its task in the build tree, and on every channel.
+
+    For the gate operator, while its task runs in a task runner: one spooled
+    record carrying ``quality_check`` (one of ``QUALITY_CHECK_WAIT``, ``_PASS``,
+    ``_FAIL``) and a one-line ``quality_summary``. True when it was spooled;
+    never raises (outside a task runner, or with the plugin disabled, it does
+    nothing and says so at debug level).
+    """
+    try:
+        if status not in QUALITY_CHECKS:
+            log.warning("BK-CI quality check %r is not one of %s", status, sorted(QUALITY_CHECKS))
+            return False
+        if type(task_instance).__name__ != RUNTIME_TI:
+            log.debug("BK-CI quality check %s not recorded outside a task runner", status)
+            return False
+        extra: dict[str, Any] = {"quality_check": status}
+        if summary:
+            line = summary.strip().splitlines()[0] if summary.strip() else ""
+            extra["quality_summary"] = line[:MAX_ERROR_LEN]
+        runtime = _process_runtime()
+        runtime.record(task_instance, "running", None, extra)
+        return runtime.spool is not None
+    except Exception:
+        log.warning("BK-CI worker could not spool quality check %s", status, exc_info=True)
+        return False
 
 
 _PROCESS_RUNTIME: _Runtime | None = None

@@ -34,6 +34,9 @@ _TASK_FIELDS = (
     "error",
     "max_tries",
 )
+# Only a quality gate's task has these, so other tasks' documents leave them out:
+# its state (QUALITY_CHECK_WAIT, _PASS or _FAIL) and one line on its rules.
+_GATE_FIELDS = ("quality_check", "quality_summary")
 _BUILD_FIELDS = (
     "run_type",
     "trigger_type",
@@ -114,6 +117,9 @@ def _task_document(node_id: str, state: NodeState) -> dict[str, Any]:
     }
     for name in _TASK_FIELDS:
         doc[name] = values.get(name)
+    for name in _GATE_FIELDS:
+        if values.get(name) is not None:
+            doc[name] = values[name]
     # Airflow's own times when the scheduler side has reported them; until
     # then the task runner's clock is the best estimate there is.
     doc["started_at"] = doc["started_at"] or values.get("runner_started_at")

@@ -9,7 +9,9 @@ A record is one observation of one task try by one task runner::
      "pool": "default_pool", "operator": "PythonOperator", "max_tries": 0,
      "label": null, "error": null}
 
-Keys not listed here are ignored, so an older server accepts a newer worker.
+A quality gate's task adds ``quality_check`` (one of :data:`QUALITY_CHECKS`) and
+``quality_summary``. Keys not listed here are ignored, so an older server
+accepts a newer worker.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from airflow_bkci.exceptions import InvalidEvent
 from airflow_bkci.model.event import NodeRef, StatusEvent
 from airflow_bkci.model.mapping import map_task_state
 
-__all__ = ["RECORD_VERSION", "event_from_text", "record_to_event"]
+__all__ = ["QUALITY_CHECKS", "RECORD_VERSION", "event_from_text", "record_to_event"]
 
 RECORD_VERSION = 1
 MAX_ID_LEN = 250  # Airflow's ID_LEN for dag_id, task_id, run_id
@@ -37,7 +39,10 @@ _TEXT_FIELDS = {
     "operator": "operator",
     "label": "label",
     "error": "error",
+    "quality_summary": "quality_summary",
 }
+QUALITY_CHECKS = frozenset({"QUALITY_CHECK_WAIT", "QUALITY_CHECK_PASS", "QUALITY_CHECK_FAIL"})
+"""BK-CI's quality-gate states, which a gate task's records may carry as ``quality_check``."""
 # Airflow's database keeps the times the build tree shows (the scheduler side
 # reports them); the task runner's own clock goes beside them, never over them.
 _TIME_FIELDS = {"start_date": "runner_started_at", "end_date": "runner_ended_at"}
@@ -138,6 +143,11 @@ def record_to_event(record: object) -> StatusEvent:
             fields[name] = text
     if record.get("max_tries") is not None:
         fields["max_tries"] = _int(record, "max_tries", minimum=-1)
+    check = _optional_text(record, "quality_check")
+    if check is not None:
+        if check not in QUALITY_CHECKS:
+            raise _fail(record, "quality_check", f"must be one of {sorted(QUALITY_CHECKS)}")
+        fields["quality_check"] = check
     return StatusEvent(
         node=node,
         status=mapped.status,

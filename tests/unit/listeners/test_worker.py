@@ -22,11 +22,20 @@ from airflow.sdk import DAG, BaseOperator
 from airflow.sdk.api.datamodels._generated import DagRun, TIRunContext
 from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance, TaskRunnerMarker
 
-from airflow_bkci.listeners.worker import MAX_ERROR_LEN, WorkerListener, error_summary
+from airflow_bkci.exceptions import InvalidEvent
+from airflow_bkci.listeners import worker as worker_module
+from airflow_bkci.listeners.worker import (
+    MAX_ERROR_LEN,
+    WorkerListener,
+    error_summary,
+    record_quality_check,
+)
+from airflow_bkci.model.event import build_id_for
 from airflow_bkci.model.status import BuildStatus
 from airflow_bkci.spool.forwarder import Forwarder
 from airflow_bkci.spool.records import record_to_event
 from airflow_bkci.spool.spool import Spool
+from airflow_bkci.store import Store
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=timezone.utc)
 SECRET = "s3cret"
@@ -278,3 +287,55 @@ def test_disabled_collection_spools_nothing(spool_path: Path) -> None:
     worker = WorkerListener(spool_factory=lambda: Spool(spool_path), enabled=lambda: False)
     worker.on_task_instance_running(previous_state="queued", task_instance=runtime_ti())
     assert not spool_path.exists()
+
+
+@pytest.fixture
+def gate_runtime(make_listener: Any, monkeypatch: pytest.MonkeyPatch) -> WorkerListener:
+    """The process runtime, as the gate operator's task runner has it, on a test spool."""
+    listener: WorkerListener = make_listener()
+    monkeypatch.setattr(worker_module, "_PROCESS_RUNTIME", listener._rt)
+    return listener
+
+
+def test_a_gates_states_reach_its_task_in_the_build_tree(
+    spool_path: Path, gate_runtime: WorkerListener, tmp_path: Path
+) -> None:
+    ti = runtime_ti()
+    gate_runtime.on_task_instance_running(previous_state="queued", task_instance=ti)
+    assert record_quality_check(ti, "QUALITY_CHECK_WAIT", "waiting for build etl/r0")
+    assert record_quality_check(ti, "QUALITY_CHECK_FAIL", "1/2 rules passed\nthe table …")
+    records = spooled(spool_path)
+    assert [r.get("quality_check") for r in records] == [
+        None,
+        "QUALITY_CHECK_WAIT",
+        "QUALITY_CHECK_FAIL",
+    ]
+    assert records[-1]["quality_summary"] == "1/2 rules passed"  # one line
+    store = Store(f"sqlite:///{tmp_path / 'status.db'}")
+    store.migrate()
+    try:
+        store.apply([record_to_event(r) for r in records])
+        (stage,) = store.build_tree(build_id_for("etl", "r1"))["stages"].values()
+        task = stage["tasks"]["load"]
+    finally:
+        store.dispose()
+    assert (task["status"], task["quality_check"]) == ("RUNNING", "QUALITY_CHECK_FAIL")
+    assert task["quality_summary"] == "1/2 rules passed"
+
+
+def test_a_quality_check_outside_a_task_runner_or_unknown_spools_nothing(
+    spool_path: Path, gate_runtime: WorkerListener
+) -> None:
+    assert not record_quality_check(runtime_ti(), "PASSED")
+    assert not record_quality_check(mock.Mock(dag_id="etl"), "QUALITY_CHECK_PASS")
+    assert spooled(spool_path) == []
+
+
+def test_a_record_with_an_unknown_quality_check_is_refused_with_the_reason() -> None:
+    record = {
+        "v": 1, "dag_id": "etl", "run_id": "r1", "task_id": "load", "map_index": -1,
+        "try_number": 1, "clear_number": 0, "state": "running", "source": "worker@h:1",
+        "seq": 1, "at": "2026-01-01T12:00:00+00:00", "quality_check": "GREEN",
+    }  # fmt: skip
+    with pytest.raises(InvalidEvent, match="'quality_check' must be one of"):
+        record_to_event(record)
