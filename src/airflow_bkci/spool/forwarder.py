@@ -161,6 +161,10 @@ class _Endpoint:
             self.close()
         return reply
 
+    def open(self, timeouts: Timeouts) -> None:
+        """Connect now, unless a kept-alive connection is open."""
+        self._connect(timeouts)
+
     def _connect(self, timeouts: Timeouts) -> http.client.HTTPConnection:
         if self._conn is None:
             conn: http.client.HTTPConnection
@@ -260,6 +264,21 @@ class Forwarder:
 
     def _send_batch(self, timeouts: Timeouts) -> BatchResult:
         result = BatchResult()
+        if not self.spool.has_claimable():
+            return result
+        if self._secret is None:
+            result.error = "no ingest secret: set [bkci] ingest_secret on this worker"
+            return result
+        try:
+            # Connected before anything is claimed: a receiver that is down costs
+            # one refused connection, not a lease, a parse and a release of the
+            # whole batch (a task runner's exit pays for this).
+            if self._endpoint is None:
+                self._endpoint = _Endpoint(self.url)
+            self._endpoint.open(timeouts)
+        except (OSError, http.client.HTTPException) as exc:
+            result.error = f"{type(exc).__name__}: {exc}"
+            return result
         rows = self.spool.claim(self.batch_size)
         result.claimed = len(rows)
         ids: list[int] = []
@@ -273,18 +292,12 @@ class Forwarder:
                 self._quarantine(row_id, reason, result)
         if not records:
             return result
-        if self._secret is None:
-            self.spool.release(ids)
-            result.error = "no ingest secret: set [bkci] ingest_secret on this worker"
-            return result
         body = ("[" + ",".join(records) + "]").encode()
         headers = {
             "Authorization": f"Bearer {self._secret}",
             "Content-Type": "application/json",
         }
         try:
-            if self._endpoint is None:
-                self._endpoint = _Endpoint(self.url)
             response = self._endpoint.post(body, headers, timeouts)
         except (OSError, http.client.HTTPException) as exc:
             self.spool.release(ids)

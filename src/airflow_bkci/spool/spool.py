@@ -154,6 +154,18 @@ class Spool:
             )
             return int(cur.lastrowid or 0)
 
+    def has_claimable(self) -> bool:
+        """Whether some row waits unleased (a read: no write lock taken)."""
+        now = time.time()
+        with self._lock:
+            db = self._db()
+            row = self._retrying(
+                lambda: db.execute(
+                    "SELECT 1 FROM spool WHERE lease_until <= ? LIMIT 1", (now,)
+                ).fetchone()
+            )
+        return row is not None
+
     def claim(self, limit: int, *, lease: float = DEFAULT_LEASE) -> list[tuple[int, str]]:
         """Lease up to ``limit`` of the oldest unleased rows to the caller."""
         now = time.time()
