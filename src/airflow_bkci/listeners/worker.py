@@ -15,12 +15,15 @@ import os
 import socket
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 from airflow.listeners import hookimpl
 
 from airflow_bkci import conf
+from airflow_bkci.exceptions import BkciError
 from airflow_bkci.spool.forwarder import Forwarder
 from airflow_bkci.spool.records import QUALITY_CHECKS, RECORD_VERSION
 from airflow_bkci.spool.spool import Spool
@@ -218,7 +221,7 @@ class WorkerListener:
         else:
             self._rt = _Runtime(
                 spool_factory or _conf_spool,
-                forwarder_factory or Forwarder.from_conf,
+                forwarder_factory or _conf_forwarder,
                 flush_timeout or _conf_flush_timeout,
                 enabled or _conf_enabled,
             )
@@ -326,18 +329,86 @@ def _process_runtime() -> _Runtime:
     with _PROCESS_LOCK:
         if _PROCESS_RUNTIME is None:
             _PROCESS_RUNTIME = _Runtime(
-                _conf_spool, Forwarder.from_conf, _conf_flush_timeout, _conf_enabled
+                _conf_spool, _conf_forwarder, _conf_flush_timeout, _conf_enabled
             )
+            _preload_settings()
         return _PROCESS_RUNTIME
 
 
+@dataclass(frozen=True)
+class WorkerSettings:
+    """The ``[bkci]`` options a task runner needs, read once per process.
+
+    Airflow's ``conf.get`` costs about 0.1 ms a call in a task runner, and the
+    hooks would make seven of them. The plugin is imported (and these read) in
+    the process task runners fork from where the executor forks them (the
+    scheduler, for LocalExecutor), so a runner inherits them for free.
+    """
+
+    enabled: bool
+    spool_path: Path
+    flush_timeout: float
+    ingest_url: str
+    ingest_secret: str | None
+    secret_problem: str | None
+    batch_size: int
+
+    @classmethod
+    def from_conf(cls) -> WorkerSettings:
+        secret: str | None
+        problem: str | None = None
+        try:
+            secret = conf.ingest_secret()
+        except BkciError as exc:
+            secret, problem = None, str(exc)
+        return cls(
+            enabled=conf.enabled(),
+            spool_path=conf.spool_path(),
+            flush_timeout=conf.forward_timeout(),
+            ingest_url=conf.ingest_url(),
+            ingest_secret=secret,
+            secret_problem=problem,
+            batch_size=conf.forward_batch_size(),
+        )
+
+
+_SETTINGS: WorkerSettings | None = None
+
+
+def worker_settings() -> WorkerSettings:
+    """This process's :class:`WorkerSettings`, read on first use."""
+    global _SETTINGS  # noqa: PLW0603 - read once per process, by design
+    if _SETTINGS is None:
+        _SETTINGS = WorkerSettings.from_conf()
+    return _SETTINGS
+
+
+def _preload_settings() -> None:
+    try:
+        worker_settings()
+    except Exception:  # the first hook reads them again, and logs why if it fails
+        log.debug("BK-CI worker settings not read at plugin load", exc_info=True)
+
+
 def _conf_spool() -> Spool:
-    return Spool(conf.spool_path(), autocheckpoint=False)
+    return Spool(worker_settings().spool_path, autocheckpoint=False)
+
+
+def _conf_forwarder(spool: Spool) -> Forwarder:
+    settings = worker_settings()
+    if settings.ingest_secret is None:
+        log.warning(
+            "BK-CI forwarder cannot authenticate, records stay spooled: %s",
+            settings.secret_problem,
+        )
+    return Forwarder(
+        spool, settings.ingest_url, settings.ingest_secret, batch_size=settings.batch_size
+    )
 
 
 def _conf_enabled() -> bool:
-    return conf.enabled()
+    return worker_settings().enabled
 
 
 def _conf_flush_timeout() -> float:
-    return conf.forward_timeout()
+    return worker_settings().flush_timeout

@@ -266,6 +266,9 @@ def test_hooks_never_raise_when_the_spool_cannot_be_written(
 ) -> None:
     monkeypatch.setenv("AIRFLOW__BKCI__SPOOL_PATH", "/proc/no-such-dir/spool.db")
     monkeypatch.setenv("AIRFLOW__BKCI__ENABLED", "True")
+    # A fresh process: its runtime and settings are read from this configuration.
+    monkeypatch.setattr(worker_module, "_PROCESS_RUNTIME", None)
+    monkeypatch.setattr(worker_module, "_SETTINGS", None)
     worker, ti = WorkerListener(), runtime_ti()
     with caplog.at_level(logging.WARNING, logger="airflow_bkci"):
         worker.on_starting(component=TaskRunnerMarker())
@@ -339,3 +342,24 @@ def test_a_record_with_an_unknown_quality_check_is_refused_with_the_reason() -> 
     }  # fmt: skip
     with pytest.raises(InvalidEvent, match="'quality_check' must be one of"):
         record_to_event(record)
+
+
+def test_settings_are_read_once_per_process_and_forks_inherit_them(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(worker_module, "_SETTINGS", None)
+    monkeypatch.setenv("AIRFLOW__BKCI__SPOOL_PATH", str(tmp_path / "a" / "spool.db"))
+    monkeypatch.setenv("AIRFLOW__BKCI__INGEST_SECRET", "shared-secret")
+    first = worker_module.worker_settings()
+    assert (first.spool_path, first.ingest_secret) == (tmp_path / "a" / "spool.db", "shared-secret")
+    monkeypatch.setenv("AIRFLOW__BKCI__SPOOL_PATH", str(tmp_path / "b" / "spool.db"))
+    assert worker_module.worker_settings() is first  # no conf.get on a hook's path
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # a task runner forked from the process that loaded the plugin
+        calls = []
+        monkeypatch.setattr(worker_module.conf, "_conf", lambda: calls.append(1))
+        os.write(write, b"ok" if worker_module.worker_settings() is first and not calls else b"no")
+        os._exit(0)
+    os.waitpid(pid, 0)
+    assert os.read(read, 2) == b"ok"
