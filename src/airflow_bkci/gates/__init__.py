@@ -21,6 +21,7 @@ from airflow_bkci.gates.builds import (
 )
 from airflow_bkci.gates.errors import (
     BuildNotFound,
+    GateConnectionError,
     GateError,
     GateReadError,
     GateRuleError,
@@ -36,9 +37,10 @@ from airflow_bkci.gates.evaluate import (
     RuleResult,
     evaluate,
     evaluate_async,
+    stop_waiting,
 )
 from airflow_bkci.gates.references import check_references, check_references_async
-from airflow_bkci.gates.report import render_report, report_dict, run_url
+from airflow_bkci.gates.report import render_report, report_dict, run_url, summary_line
 from airflow_bkci.gates.rules import (
     Action,
     Comparison,
@@ -53,6 +55,7 @@ from airflow_bkci.gates.rules import (
     parse_rules,
     success_rate,
 )
+from airflow_bkci.gates.serde import result_from_json, result_to_json
 
 LT, LE, EQ, GE, GT, IN = (
     Comparison.LT,
@@ -82,6 +85,7 @@ __all__ = [
     "BuildSummary",
     "Comparison",
     "Decision",
+    "GateConnectionError",
     "GateError",
     "GateReadError",
     "GateResult",
@@ -109,6 +113,10 @@ __all__ = [
     "parse_rules",
     "render_report",
     "report_dict",
+    "result_from_json",
+    "result_to_json",
     "run_url",
+    "stop_waiting",
     "success_rate",
+    "summary_line",
 ]

@@ -14,6 +14,7 @@ from airflow_bkci.exceptions import BkciError
 
 __all__ = [
     "BuildNotFound",
+    "GateConnectionError",
     "GateError",
     "GateReadError",
     "GateRuleError",
@@ -119,3 +120,16 @@ class ReadUnavailable(GateError):
     def __init__(self, message: str, retry_after: float | None = None) -> None:
         self.retry_after = retry_after
         super().__init__(message)
+
+
+class GateConnectionError(GateError):
+    """The gate's Airflow connection cannot be used: missing, incomplete, or its login refused."""
+
+    def __init__(self, conn_id: str, reason: str) -> None:
+        self.conn_id = conn_id
+        self.reason = reason
+        super().__init__(
+            f"connection {conn_id!r} cannot reach the BK-CI query API: {reason}. Fix the "
+            "connection: host = the API server's URL, and a token in extra "
+            '({"token": "<jwt>"}) or a login and password'
+        )

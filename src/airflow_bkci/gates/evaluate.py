@@ -12,7 +12,7 @@ from __future__ import annotations
 import enum
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 
 from airflow_bkci.gates.builds import (
@@ -41,6 +41,7 @@ __all__ = [
     "evaluate_async",
     "percentile",
     "query_for",
+    "stop_waiting",
 ]
 
 
@@ -145,6 +146,27 @@ class GateResult:
         if self.audits:
             return Decision.AUDIT
         return Decision.PASS
+
+
+def stop_waiting(result: GateResult, why: str) -> GateResult:
+    """The result once the gate stops waiting (its timeout): each pending rule is unknown.
+
+    An unknown rule counts as failed for its own action, so a WARN rule on a
+    build that never ended warns, and an END rule fails the gate. ``why`` says
+    what ran out, e.g. ``the gate's timeout (1h) passed``.
+    """
+    settled = tuple(
+        replace(
+            r,
+            outcome=Outcome.UNKNOWN,
+            actual=f"{r.actual}; still not ended",
+            reason=f"{r.reason or 'the build had not ended'} when {why}",
+        )
+        if r.outcome is Outcome.PENDING
+        else r
+        for r in result.results
+    )
+    return GateResult(settled, result.checked_at)
 
 
 # ------------------------------------------------------------ reading

@@ -13,11 +13,23 @@ from collections.abc import Sequence
 from typing import Any
 from urllib.parse import quote
 
-from airflow_bkci.gates.builds import NodeHit
-from airflow_bkci.gates.evaluate import Decision, GateResult, RuleResult
+from airflow_bkci.gates.builds import BuildSummary, NodeHit
+from airflow_bkci.gates.evaluate import Decision, GateResult, Outcome, RuleResult
+from airflow_bkci.gates.terms import Action
 from airflow_bkci.model.tree import UNGROUPED_STAGE
 
-__all__ = ["node_url", "pipeline_url", "render_report", "report_dict", "rule_url", "run_url"]
+__all__ = [
+    "node_url",
+    "pipeline_url",
+    "render_report",
+    "report_dict",
+    "rule_url",
+    "run_url",
+    "summary_line",
+]
+
+MAX_SUMMARY = 500
+"""Characters of :func:`summary_line`; the build tree keeps it on the gate's task node."""
 
 
 def _q(segment: str) -> str:
@@ -88,6 +100,37 @@ def headline(result: GateResult) -> str:
     if result.warnings and decision is not Decision.FAIL:
         text += f"; warnings: {_names(result.warnings)}"
     return text
+
+
+def summary_line(result: GateResult) -> str:
+    """One line for the build tree: ``2/3 rules passed; failed: <rule> <expected> (actual …)``.
+
+    Failures are named with their action when it is not END, so a reader of the
+    stream tells a blocking rule from an approval or a warning.
+    """
+    total = len(result.results)
+    held = sum(1 for r in result.results if r.outcome is Outcome.PASSED)
+    parts = [f"{held}/{total} rules passed"]
+    failed = [r for r in result.results if r.counts_as_failed or r.outcome is Outcome.ERROR]
+    if failed:
+        parts.append("failed: " + "; ".join(_failed_text(r) for r in failed))
+    if result.pending:
+        parts.append("waiting for " + ", ".join(_waiting_text(b) for b in result.waiting_on))
+    text = "; ".join(parts)
+    return text if len(text) <= MAX_SUMMARY else text[: MAX_SUMMARY - 1] + "…"
+
+
+def _failed_text(r: RuleResult) -> str:
+    action = (
+        ""
+        if r.rule.action is Action.END or r.outcome is Outcome.ERROR
+        else f" [{r.rule.action.value}]"
+    )
+    return f"{r.rule.label} {r.expected} (actual {r.actual}){action}"
+
+
+def _waiting_text(build: BuildSummary) -> str:
+    return f"#{build['build_num']} of {build['pipeline_id']!r}"
 
 
 _COLUMNS = ("rule", "indicator", "expected", "actual", "outcome", "action")

@@ -88,6 +88,14 @@ class BkciApiClient:
             timeout=float(extra.get("timeout", 60.0)),
         )
 
+    def bearer_token(self) -> str:
+        """The token requests carry: the connection's own, else one from logging in (once).
+
+        Raises :class:`BkciApiError` when the login is refused, and requests'
+        errors when the API server cannot be reached. Quality gates read with it.
+        """
+        return self._bearer()
+
     def _bearer(self) -> str:
         if not self._token:
             resp = self._http.post(

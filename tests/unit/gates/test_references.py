@@ -52,8 +52,7 @@ def test_every_unknown_name_is_reported_with_did_you_mean() -> None:
         check_references(rules, reader())
     assert [str(p) for p in exc.value.problems] == [
         "rules[0] (latest_status of 'biuld'): pipeline 'biuld' is unknown: the status store has "
-        "no build of it, or the gate's user may not read it. Fix: did you mean 'build'? or check "
-        "the DAG id, and that the gate's connection user may read that DAG",
+        "no build of it. Fix: did you mean 'build'? or check the DAG id, or run the pipeline once",
         "rules[1] (node_status of 'build' node 'test'): the latest build of 'build' has no stage "
         "or task 'test'. Fix: did you mean 'tests'? or name a task group id or a task id "
         "(stages: build, tests; tasks: build.compile, tests.unit)",
@@ -63,10 +62,26 @@ def test_every_unknown_name_is_reported_with_did_you_mean() -> None:
     ]
 
 
-def test_a_pipeline_the_user_may_not_read_is_unknown_to_the_gate() -> None:
+def test_a_pipeline_the_user_may_not_read_is_named_as_a_missing_permission() -> None:
+    # The list of pipelines leaves it out; asked by name, the API answers 403.
     source = FakeReader([summary(1, "SUCCEED", pipeline="payments")], denied={"payments"})
-    with pytest.raises(GateRuleError, match="pipeline 'payments' is unknown"):
+    with pytest.raises(GateRuleError) as exc:
         check_references([latest_status("payments", EQ, "SUCCEED")], source)
+    assert str(exc.value) == (
+        "rules[0] (latest_status of 'payments'): the gate's connection may not read pipeline "
+        "'payments' (HTTP 403 from the query API). Fix: give the user of the gate's connection "
+        "read access to DAG 'payments' (or use a connection whose user has it), or remove the rule"
+    )
+    assert source.queries == [BuildQuery("payments", limit=1)]
+
+
+def test_a_pipeline_whose_first_build_landed_after_the_list_is_known() -> None:
+    class LateList(FakeReader):
+        def pipelines(self) -> list[str]:
+            return []
+
+    source = LateList([summary(1, "SUCCEED")])
+    check_references([latest_status(PIPELINE, EQ, "SUCCEED")], source)  # no error
 
 
 def test_the_async_check_finds_the_same() -> None:

@@ -1,0 +1,1 @@
+"""Triggers for deferrable waits, run by Airflow's triggerer."""
