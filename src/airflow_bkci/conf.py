@@ -214,3 +214,89 @@ def live_client_buffer() -> int:
 def live_max_subscriptions() -> int:
     """Most pipelines plus builds one WebSocket client may subscribe to."""
     return max(1, int(_float("live_max_subscriptions", 1000)))
+
+
+# -- notifications ([bkci] notify_*) -------------------------------------------------------
+
+_TRUE = frozenset({"true", "t", "1", "yes", "on"})
+_FALSE = frozenset({"false", "f", "0", "no", "off"})
+
+
+def _flag(option: str, default: bool) -> bool:
+    raw = _get(option).strip().lower()
+    if not raw:
+        return default
+    if raw in _TRUE | _FALSE:
+        return raw in _TRUE
+    raise ConfigError(f"[bkci] {option}={raw!r} is not a boolean; use True or False")
+
+
+def notify_owners_file() -> Path | None:
+    """``[bkci] notify_owners_file``: the owners rules file, or None for none."""
+    raw = _get("notify_owners_file").strip()
+    return Path(raw) if raw else None
+
+
+def notify_enabled() -> bool:
+    """``[bkci] notify_enabled``: ``auto`` (default) is on exactly when an owners file is set.
+
+    A tool should not mail people nobody asked it to: with ``auto`` only a
+    deployment that wrote an owners file sends; ``True`` also sends to task
+    owners and ``owner_links`` alone.
+    """
+    raw = _get("notify_enabled").strip().lower() or "auto"
+    if raw == "auto":
+        return notify_owners_file() is not None
+    if raw in _TRUE | _FALSE:
+        return raw in _TRUE
+    raise ConfigError(f"[bkci] notify_enabled={raw!r} is not auto, True or False")
+
+
+def notify_canceled() -> bool:
+    return _flag("notify_canceled", False)
+
+
+def notify_recovered() -> bool:
+    return _flag("notify_recovered", True)
+
+
+def notify_triggering_user() -> bool:
+    return _flag("notify_triggering_user", False)
+
+
+def notify_rate_limit() -> int:
+    """Messages per pipeline per window (checked by ``RateLimit``: at least 1)."""
+    return int(_float("notify_rate_limit", 3))
+
+
+def notify_rate_window() -> float:
+    return _float("notify_rate_window", 3600.0)
+
+
+def notify_settle() -> float:
+    """Seconds a failure's message waits for late error summaries and task states (0: none)."""
+    return max(0.0, _float("notify_settle", 5.0))
+
+
+def notify_max_age() -> float:
+    """Builds that ended longer ago than this (seconds) get no message (0: no limit)."""
+    return max(0.0, _float("notify_max_age", 86400.0))
+
+
+def notify_email_conn_id() -> str:
+    """The SMTP connection for plain addresses; default Airflow's ``[email] email_conn_id``."""
+    own = _get("notify_email_conn_id").strip()
+    if own:
+        return own
+    airflow_default = str(_conf().get("email", "email_conn_id", fallback="") or "")
+    return airflow_default.strip() or "smtp_default"
+
+
+def notify_from_email() -> str | None:
+    """The sender when the SMTP connection names none: Airflow's ``[email] from_email``."""
+    return str(_conf().get("email", "from_email", fallback="") or "").strip() or None
+
+
+def notify_base_url() -> str:
+    """Airflow's ``[api] base_url`` for links, with Airflow's own fallback."""
+    return str(_conf().get("api", "base_url", fallback="") or "") or "http://localhost:8080/"

@@ -50,3 +50,18 @@ class OwnersFileError(BkciError):
         if line is not None:
             where += f" ({line.strip()!r})"
         super().__init__(f"{where}: {problem}. {fix}")
+
+
+class NotifierError(BkciError):
+    """A notification could not go out through a notifier: ``target`` names the connection.
+
+    ``permanent`` is True when retrying cannot help until someone fixes the
+    configuration (a connection that does not exist or has the wrong type).
+    """
+
+    def __init__(self, target: str, problem: str, fix: str, *, permanent: bool = False) -> None:
+        self.target = target
+        self.problem = problem
+        self.fix = fix
+        self.permanent = permanent
+        super().__init__(f"{target}: {problem}. {fix}")

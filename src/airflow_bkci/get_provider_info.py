@@ -223,6 +223,78 @@ OPTIONS: dict[str, dict[str, Any]] = {
         "7",
         "1",
     ),
+    "notify_enabled": _option(
+        "Owner-routed notifications of failed, canceled and recovered builds (see "
+        "docs/notifications.md). auto: on exactly when notify_owners_file is set, so nobody "
+        "is mailed unasked; True: also without an owners file (task owners and the DAG's "
+        "owner_links only); False: off.",
+        "string",
+        "auto",
+        "True",
+    ),
+    "notify_owners_file": _option(
+        "Path of the owners rules file (CODEOWNERS-style lines: <pipeline glob>[/<task glob>] "
+        "followed by recipients). Read again when it changes. Empty: no rules file.",
+        "string",
+        "",
+        "/opt/airflow/bkci-owners",
+    ),
+    "notify_canceled": _option(
+        "Also notify when a build is canceled (the owners of the pipeline).",
+        "boolean",
+        "False",
+        "True",
+    ),
+    "notify_recovered": _option(
+        "Notify when a build succeeds after failed builds of its pipeline.",
+        "boolean",
+        "True",
+        "False",
+    ),
+    "notify_triggering_user": _option(
+        "Also notify the user who triggered the build (an email address, or a name mapped "
+        "by the DAG's owner_links).",
+        "boolean",
+        "False",
+        "True",
+    ),
+    "notify_rate_limit": _option(
+        "Messages per pipeline per window; failures beyond it go out as one digest when the "
+        "window ends (or right before the recovery message). At least 1.",
+        "integer",
+        "3",
+        "5",
+    ),
+    "notify_rate_window": _option(
+        "Length of a rate-limit window in seconds; windows are aligned to the epoch.",
+        "float",
+        "3600",
+        "900",
+    ),
+    "notify_email_conn_id": _option(
+        "SMTP connection that plain email addresses are sent through. Empty: Airflow's "
+        "[email] email_conn_id (smtp_default).",
+        "string",
+        "",
+        "smtp_ops",
+    ),
+    "notify_settle": _option(
+        "Seconds a FAILED or CANCELED build's message waits while its document is not "
+        "settled: a failed task's error summary (the worker reports it separately) or a "
+        "task's final state has not arrived yet. After that it goes out with what there is. "
+        "0: never wait.",
+        "float",
+        "5",
+        "0",
+    ),
+    "notify_max_age": _option(
+        "Builds that ended longer ago than this many seconds get no message: turning "
+        "notifications on (or a long outage) does not mail people about old failures. "
+        "0: no limit.",
+        "float",
+        "86400",
+        "3600",
+    ),
 }
 
 

@@ -18,6 +18,7 @@ from airflow_bkci.store import Store
 from tests.integration.auth_manager import LIMITED_PASSWORD, LIMITED_USER
 from tests.proxy import TcpProxy
 from tests.services import require_postgres
+from tests.unit.notify.receivers import SmtpReceiver
 from tests.webhook import ReceiverProcess
 
 TEST_DAGS = Path(__file__).parent / "dags"
@@ -29,6 +30,14 @@ ExampleRuns = dict[str, tuple[str, str]]
 
 
 INGEST_SECRET = "integration-tests-ingest-secret"
+
+# Who hears about which example pipeline (the SQLite stack's notifications).
+OWNERS = """\
+bkci_failure           failure-team@example.test
+bkci_failure/deploy    deploy-owner@example.test
+bkci_failure/verify    verify-owner@example.test
+bkci_retry             retry-team@example.test
+"""
 
 
 class FaultableStack:
@@ -70,11 +79,13 @@ def _stack(home: Path, backend: str) -> Iterator[AirflowStack]:
     stack.configure("bkci", "ingest_secret", INGEST_SECRET)
     stack.configure("bkci", "forward_timeout", "1.0")
     store = None
+    mail = None
     if backend == "sqlite":
         # Task runners send their spool through the ingest route (as on a host
         # without a scheduler) so the fault tests can cut it; on PostgreSQL the
         # scheduler reads the spool of its host, the default.
         stack.configure("bkci", "spool_poll_interval", "0")
+        mail = _notify_owners(stack, home)
     else:
         url = make_url(stack.db_url)
         store = TcpProxy(url.host or "127.0.0.1", url.port or 5432)
@@ -93,12 +104,32 @@ def _stack(home: Path, backend: str) -> Iterator[AirflowStack]:
             stack.started_in = time.monotonic() - t0  # type: ignore[attr-defined]
             stack.faults = FaultableStack(stack, ingest, store)  # type: ignore[attr-defined]
             stack.receiver = receiver  # type: ignore[attr-defined]
+            stack.mail = mail  # type: ignore[attr-defined]
             yield stack
     finally:
         receiver.stop()
+        if mail is not None:
+            mail.stop()
         ingest.close()
         if store is not None:
             store.close()
+
+
+def _notify_owners(stack: AirflowStack, home: Path) -> SmtpReceiver:
+    """Owner notifications of every run on this stack, mailed to an SMTP server of its own.
+
+    The example runs the session makes anyway are what the notification tests
+    read: no Airflow run is added for them.
+    """
+    mail = SmtpReceiver(home / "smtp")
+    stack.set_env("AIRFLOW_CONN_BKCI_TEST_SMTP", json.dumps(mail.connection()))
+    owners = home / "bkci-owners"
+    owners.write_text(OWNERS)
+    stack.configure("bkci", "notify_owners_file", str(owners))
+    stack.configure("bkci", "notify_email_conn_id", "bkci_test_smtp")
+    # other tests fail bkci_failure again and again; none of that may become a digest
+    stack.configure("bkci", "notify_rate_limit", "1000")
+    return mail
 
 
 def _configure_users(stack: AirflowStack, home: Path) -> None:

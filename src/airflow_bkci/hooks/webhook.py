@@ -118,15 +118,22 @@ def configured_channels(conn_ids: list[str] | None = None) -> list[WebhookChanne
 def dispatcher_from_conf(store: Store) -> Dispatcher | None:
     """The dispatcher ``[bkci]`` describes, or None when no endpoint is configured.
 
-    Its channels are the webhooks of ``webhook_conn_ids`` and the message
-    queues of ``mq_conn_ids``; a broken connection is logged and left out.
+    Its channels are the webhooks of ``webhook_conn_ids``, the message
+    queues of ``mq_conn_ids`` and, when ``notify_enabled`` says so, the
+    owner notifications; a broken connection is logged and left out.
     """
     from airflow_bkci import conf
     from airflow_bkci.channels.dispatcher import Channel, Dispatcher
+    from airflow_bkci.channels.notify import configured_notify_channels
     from airflow_bkci.hooks.mq import configured_mq_channels
 
-    # Names are connection ids, so a webhook and a queue never share outbox lanes.
-    channels: list[Channel] = [*configured_channels(), *configured_mq_channels()]
+    # Names are connection ids, so a webhook and a queue never share outbox lanes;
+    # the notification channel's name has a ':' no connection id has.
+    channels: list[Channel] = [
+        *configured_channels(),
+        *configured_mq_channels(),
+        *configured_notify_channels(store),
+    ]
     if not channels:
         return None
     return Dispatcher(

@@ -17,6 +17,13 @@ For each build document the stream delivers (no Airflow, no I/O here)::
                                                          # sent_log.release(key)
     for digest in limiter.due():                         # poll, e.g. every minute
         ...compose_digest(digest, recipients, base_url) and deliver
+
+:class:`airflow_bkci.channels.notify.NotifyChannel` does exactly this for the
+dispatcher, with the store's sent log (:mod:`airflow_bkci.store.notices`),
+owners from Airflow (:mod:`.dag_owners`), a reloading owners file
+(:mod:`.owners_file`) and delivery through the SMTP and apprise providers
+(:mod:`.deliver`); those modules touch Airflow and I/O, the ones exported here
+do not.
 """
 
 from airflow_bkci.notify.decide import (

@@ -7,7 +7,7 @@ Three kinds, each with one written form (the owners file uses the same forms):
     (:data:`DEFAULT_EMAIL_CONNECTION_OPTION`).
 ``@alice``
     An Airflow user or task owner by name. It has no address of its own: the
-    resolver in :mod:`airflow_bkci.notify.message` turns it into email
+    resolver in :mod:`airflow_bkci.notify.routing` turns it into email
     addresses through the DAG's ``owner_links`` (``mailto:`` links) or a
     directory of user addresses; a name it cannot resolve is reported, not sent.
 ``conn:<conn_id>`` or ``conn:<conn_id>:<target>``

@@ -1,13 +1,14 @@
 """Who gets a notice: owners of the failed tasks, the rules file, the triggering user.
 
-Sources, all plain data (the DAG metadata reader that fills them is later work):
+Sources, all plain data (:mod:`airflow_bkci.notify.dag_owners` reads them from Airflow):
 
 - each root-cause task's Airflow ``owner`` (a name, or several separated by
   commas; an owner that is itself an email address is used as one);
 - the DAG's ``owner_links`` (owner name -> link): a ``mailto:`` link gives
   that owner's addresses, any other link (a profile page) gives none;
 - the owners rules file (:mod:`airflow_bkci.notify.owners`);
-- optionally, the user who triggered the build.
+- optionally, the user who triggered the build (a name, or an address used
+  as one).
 
 Names become addresses through ``owner_links`` first, then a directory of
 user addresses (for example from the auth manager). Airflow's default owner
@@ -129,7 +130,8 @@ def resolve_recipients(
             if owner != sources.default_owner or owner in sources.owner_links:
                 wanted.append(_as_recipient(owner))
     if triggering_user:
-        wanted.append(AirflowUser(triggering_user))
+        # with an SSO auth manager the user name often is the address
+        wanted.append(_as_recipient(triggering_user))
     return _resolve(wanted, sources)
 
 

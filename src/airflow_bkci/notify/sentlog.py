@@ -1,8 +1,12 @@
 """Which notices already went out, by dedupe key: what makes resends and restarts send once.
 
-The persistent log (a table in the status store, shared by every scheduler
-in HA) is later work; this module fixes the contract and gives an in-memory
-log for tests and single-process use.
+This module fixes the contract and gives an in-memory log for tests and
+single-process use; the persistent log, shared by every dispatcher, is
+:class:`airflow_bkci.store.notices.NoticeLog`.
+
+A message that goes several ways (mail through one connection, apprise
+through another) is also claimed per way, under :func:`route_key`: when one
+way fails and the lane is retried, the ways that worked are not sent again.
 """
 
 from __future__ import annotations
@@ -10,7 +14,14 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Protocol, runtime_checkable
 
-__all__ = ["MemorySentLog", "SentLog"]
+__all__ = ["ROUTE_SEPARATOR", "MemorySentLog", "SentLog", "route_key"]
+
+ROUTE_SEPARATOR = "|"
+
+
+def route_key(key: str, route: str) -> str:
+    """The dedupe key of delivering the message of ``key`` one way (``route``)."""
+    return f"{key}{ROUTE_SEPARATOR}{route}"
 
 
 @runtime_checkable

@@ -276,4 +276,22 @@ class QuarantineRow(Base):
     payload: Mapped[str] = mapped_column(Text)
 
 
+class NoticeSentRow(Base):
+    """A notice, or one delivery route of it, that was claimed for sending: the sent log.
+
+    The key is claimed (inserted) before the message goes out and deleted
+    again if the delivery fails, so every dispatcher, before or after a
+    restart, sends a key at most once.
+    """
+
+    __tablename__ = "bkci_notice_sent"
+    __table_args__ = (Index(None, "sent_at"), Index(None, "build_id"))
+
+    key: Mapped[str] = mapped_column(String(400), primary_key=True)
+    build_id: Mapped[str | None] = mapped_column(String(64))  # None for a digest
+    kind: Mapped[str] = mapped_column(String(20))  # FAILED, CANCELED, RECOVERED or DIGEST
+    route: Mapped[str | None] = mapped_column(String(250))  # None: the notice as a whole
+    sent_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
 metadata = Base.metadata

@@ -123,6 +123,12 @@ def test_the_triggering_user_only_when_enabled() -> None:
     assert to(with_user) == ["zoe@example.com"]
 
 
+def test_a_triggering_user_named_by_address_is_that_address() -> None:
+    doc = document(task("load", "failed"), triggering_user="zoe@example.com")
+    got = recipients_for(notice_of(doc), None, OwnerSources(), include_triggering_user=True)
+    assert to(got) == ["zoe@example.com"] and got.unresolved == ()
+
+
 def test_a_digest_merges_recipients_once() -> None:
     a = Recipients((EmailAddress("a@example.com"),), ("dave",))
     b = Recipients((EmailAddress("a@example.com"), ChannelAddress("ops")), ("dave", "erin"))
