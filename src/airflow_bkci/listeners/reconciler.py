@@ -32,7 +32,7 @@ from airflow_bkci.spool.forwarder import backoff_delay
 
 log = logging.getLogger(__name__)
 
-_CATCH_UP_BACKOFF = wait_exponential_jitter(initial=0.5, max=5.0, jitter=0.5)
+_CATCH_UP_BACKOFF = wait_exponential_jitter(multiplier=0.5, max=5.0, jitter=0.5)
 
 
 @dataclass(frozen=True)
