@@ -47,6 +47,11 @@ class BuildPage(BaseModel):
     next_cursor: str | None = Field(
         description="Pass as ?cursor= with the same filters for the next page; null on the last"
     )
+    conf: dict[str, str] = Field(
+        default_factory=dict,
+        description="The conf.<key>=<value> filters applied, by key ({} without): a client "
+        "can tell that the server filtered, since builds never show their conf",
+    )
 
 
 class PipelineSummary(BaseModel):

@@ -12,7 +12,8 @@ import base64
 import binascii
 import hashlib
 import json
-from collections.abc import Sequence
+import re
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any, Protocol, cast
 
@@ -36,6 +37,7 @@ __all__ = [
     "QueryStore",
     "blocking",
     "check_readable",
+    "conf_filters",
     "decode_cursor",
     "encode_cursor",
     "problem",
@@ -45,6 +47,12 @@ __all__ = [
 
 _CURSOR_VERSION = 1
 _MAX_CURSOR = 2000
+
+CONF_PREFIX = "conf."
+"""Query parameters ``conf.<key>=<value>`` filter builds by their run's conf."""
+MAX_CONF_FILTERS = 10
+MAX_CONF_VALUE = 1000
+_CONF_KEY = re.compile(r"[A-Za-z0-9_.-]{1,100}")
 
 
 class QueryStore(Protocol):
@@ -102,6 +110,49 @@ async def check_readable(
             "dags": [dag_id],
         },
     )
+
+
+# ------------------------------------------------------------- conf filters
+def conf_filters(params: Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
+    """The ``conf.<key>=<value>`` parameters as (key, value) pairs sorted by key.
+
+    The keys are free, so FastAPI cannot declare them; every bad one is
+    reported at once, as a 422 like FastAPI's own for a declared parameter.
+    """
+    found: dict[str, str] = {}
+    problems: list[str] = []
+    for name, value in params:
+        if name == CONF_PREFIX.rstrip("."):
+            problems.append(
+                f"conf={value[:40]!r} names no key: write conf.<key>=<value>, e.g. conf.branch=main"
+            )
+            continue
+        if not name.startswith(CONF_PREFIX):
+            continue
+        key = name[len(CONF_PREFIX) :]
+        if not _CONF_KEY.fullmatch(key):
+            problems.append(
+                f"{name[:120]!r} has no usable conf key: a key is 1-100 of A-Z a-z 0-9 _ . - "
+                "(a top-level key of the run's conf)"
+            )
+        elif key in found:
+            problems.append(f"{name} is given twice: a conf key has one value; give each key once")
+        elif len(value) > MAX_CONF_VALUE:
+            problems.append(f"{name} is longer than {MAX_CONF_VALUE} characters")
+        else:
+            found[key] = value
+    if len(found) > MAX_CONF_FILTERS:
+        problems.append(
+            f"{len(found)} conf filters; at most {MAX_CONF_FILTERS}: filter on fewer keys"
+        )
+    if problems:
+        raise problem(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            f"bad conf filter: {problems[0]}"
+            + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""),
+            problems,
+        )
+    return tuple(sorted(found.items()))
 
 
 # ------------------------------------------------------------------ cursors

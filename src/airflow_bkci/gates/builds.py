@@ -7,6 +7,8 @@ the REST API hands them through; a test keeps them equal to the API's models.
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -23,6 +25,8 @@ __all__ = [
     "BuildSummary",
     "NodeHit",
     "Snapshot",
+    "conf_text",
+    "conf_value_matches",
     "find_node",
     "node_ids",
 ]
@@ -56,14 +60,39 @@ class Snapshot(TypedDict):
     document: dict[str, Any]
 
 
+_JSON_NUMBER = re.compile(r"-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][+-]?\d+)?")
+
+
+def conf_text(value: Any) -> str:
+    """A conf value as the query API's ``conf.<key>=<value>`` parameter spells it."""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value)  # true, false, 3, 0.5
+
+
+def conf_value_matches(found: Any, wanted: str) -> bool:
+    """The query API's conf match of one value (store/queries.py ``conf_matches``).
+
+    A string equal to ``wanted``; a number equal to it as a number when it is
+    a JSON number; a boolean when it is ``true`` or ``false``.
+    """
+    if isinstance(found, str):
+        return found == wanted
+    if isinstance(found, bool):
+        return wanted == json.dumps(found)
+    if isinstance(found, int | float) and _JSON_NUMBER.fullmatch(wanted):
+        return bool(found == json.loads(wanted))
+    return False
+
+
 @dataclass(frozen=True)
 class BuildQuery:
     """Which builds of a pipeline to read, newest first (by run_after, then build number).
 
-    ``since`` and ``statuses`` are the query API's own filters; ``run_type`` and
-    ``conf`` are not among them yet, so a reader matches them against each
-    build's summary or document (:meth:`matches`). ``limit`` None means every
-    matching build.
+    ``since``, ``statuses`` and ``conf`` are the query API's own filters (conf
+    as ``conf.<key>=<value>``, see :func:`conf_text`); ``run_type`` is not
+    among them, so a reader matches it against each build's document
+    (:meth:`matches`). ``limit`` None means every matching build.
     """
 
     pipeline: str
@@ -76,13 +105,19 @@ class BuildQuery:
     @property
     def filters_documents(self) -> bool:
         """True when a build's summary may not say whether it matches: read its document."""
-        return self.run_type is not None or bool(self.conf)
+        return self.run_type is not None
+
+    def conf_params(self) -> list[tuple[str, str]]:
+        """The conf filter as the query API's parameters: ``conf.branch=main``."""
+        return [(f"conf.{key}", conf_text(value)) for key, value in sorted(self.conf.items())]
 
     def matches(self, build: Mapping[str, Any], document: Mapping[str, Any] | None = None) -> bool:
         """Whether the build passes every filter, from its summary and (if given) document.
 
-        Raises :class:`GateReadError` when neither tells a filtered field: a
-        filter the reader cannot apply must not be dropped silently.
+        The conf filter is the server's: summaries and documents do not carry
+        a run's conf (it may be large or secret), so it is checked here only
+        when one does. Raises :class:`GateReadError` when neither tells the
+        run_type: a filter the reader cannot apply must not be dropped silently.
         """
         if self.statuses and build.get("status") not in {s.value for s in self.statuses}:
             return False
@@ -90,12 +125,19 @@ class BuildQuery:
             return False
         if self.run_type is not None and self._field("run_type", build, document) != self.run_type:
             return False
-        if self.conf:
-            conf = self._field("conf", build, document)
-            if not isinstance(conf, Mapping):
-                return False
-            return all(key in conf and conf[key] == value for key, value in self.conf.items())
+        told = [s["conf"] for s in (build, document or {}) if "conf" in s]
+        if self.conf and told:
+            return self.conf_holds(told[0])
         return True
+
+    def conf_holds(self, conf: Any) -> bool:
+        """Whether a run's conf (None: none kept) has every key of the filter."""
+        if not isinstance(conf, Mapping):
+            return not self.conf
+        return all(
+            key in conf and conf_value_matches(conf[key], conf_text(value))
+            for key, value in self.conf.items()
+        )
 
     def _field(
         self, name: str, build: Mapping[str, Any], document: Mapping[str, Any] | None
@@ -105,9 +147,8 @@ class BuildQuery:
                 return source[name]
         raise GateReadError(
             f"builds of {self.pipeline!r} do not say their {name}, so the rule's {name} filter "
-            f"cannot be applied: the status store does not keep a run's {name} yet; remove the "
-            f"{name} filter (window and run_type work), or upgrade airflow-bkci once its query "
-            f"API returns {name}"
+            f"cannot be applied: the API server's airflow-bkci writes no {name} in build "
+            f"documents; upgrade it, or remove the {name} filter (window and conf work)"
         )
 
 

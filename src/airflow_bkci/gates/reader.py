@@ -56,7 +56,7 @@ MAX_BUILDS = 10_000
 """Most builds one query may return; a window holding more is too wide for a gate."""
 
 MAX_DOCUMENTS = 200
-"""Most build documents one query reads to apply run_type/conf, which summaries lack."""
+"""Most build documents one query reads to apply run_type, which summaries lack."""
 
 
 class _QueryApi:
@@ -103,12 +103,13 @@ class _QueryApi:
             params = _list_params(query, cursor)
             response = yield self.request(path, params)
             answer = _answer(response, f"pipeline {query.pipeline!r}", pipeline=query.pipeline)
+            _check_conf_applied(query, answer)
             for build in answer["builds"]:
                 document = None
                 if query.filters_documents and not _summary_tells(query, build):
                     documents += 1
                     if documents > MAX_DOCUMENTS:
-                        raise _too_many(query, f"{MAX_DOCUMENTS} builds read for run_type/conf")
+                        raise _too_many(query, f"{MAX_DOCUMENTS} builds read for run_type")
                     document = (yield from self.snapshot(build["id"]))["document"]
                 if query.matches(build, document):
                     found.append(build)
@@ -132,6 +133,7 @@ def _list_params(query: BuildQuery, cursor: str | None) -> list[tuple[str, str]]
         size = min(PAGE_SIZE, query.limit)
     params = [("limit", str(size))]
     params += [("status", s.value) for s in query.statuses]
+    params += query.conf_params()  # the server's filter: lists do not show a run's conf
     if query.since is not None:
         params.append(("since", query.since.isoformat()))
     if cursor is not None:
@@ -139,9 +141,24 @@ def _list_params(query: BuildQuery, cursor: str | None) -> list[tuple[str, str]]
     return params
 
 
+def _check_conf_applied(query: BuildQuery, answer: Any) -> None:
+    """Refuse an answer that ignored the conf filter, rather than judge the wrong builds.
+
+    Builds never show their conf, so only the answer's echo of the filter
+    tells that the server applied it; an older airflow-bkci ignores it.
+    """
+    wanted = {name.removeprefix("conf."): text for name, text in query.conf_params()}
+    if wanted and answer.get("conf") != wanted:
+        raise GateReadError(
+            f"the API server did not apply the conf filter of the rule on {query.pipeline!r} "
+            f"(asked {wanted}, it answered for {answer.get('conf')}): upgrade airflow-bkci on "
+            "the API server to a version with conf filters, or remove the conf filter"
+        )
+
+
 def _summary_tells(query: BuildQuery, build: BuildSummary) -> bool:
     """True when the summary itself has every field the query filters on."""
-    return (query.run_type is None or "run_type" in build) and (not query.conf or "conf" in build)
+    return query.run_type is None or "run_type" in build
 
 
 def _too_many(query: BuildQuery, what: str) -> GateReadError:

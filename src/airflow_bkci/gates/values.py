@@ -275,19 +275,44 @@ def read_threshold(indicator: Indicator, comparison: Comparison, value: Any) -> 
     return _count(value)
 
 
+_CONF_KEY = re.compile(r"[A-Za-z0-9_.-]{1,100}")
+MAX_CONF_KEYS = 10
+"""Most conf keys one rule matches: the query API's limit on conf filters."""
+MAX_CONF_TEXT = 1000
+"""Longest conf value the query API matches."""
+
+
 def read_conf(value: Any) -> dict[str, Any] | None:
+    """A conf filter the query API can apply: top-level keys, scalar values."""
     if value is None:
         return None
     if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
         raise BadValue(f"conf {value!r} is not a mapping of names", 'give e.g. {"branch": "main"}')
-    try:
-        json.dumps(dict(value))
-    except (TypeError, ValueError):
+    for key, item in value.items():
+        if not _CONF_KEY.fullmatch(key):
+            raise BadValue(
+                f"conf key {key!r} is not one the query API filters on",
+                "name a top-level key of the run's conf: 1-100 of A-Z a-z 0-9 _ . -",
+            )
+        if not _matchable(item):
+            raise BadValue(
+                f"conf {key}={item!r} cannot be matched (not a string, number or boolean)",
+                "match strings (up to 1000 characters), numbers or booleans; lists, objects "
+                "and null cannot be filtered on",
+            )
+    if len(value) > MAX_CONF_KEYS:
         raise BadValue(
-            f"conf {value!r} holds values a run's conf cannot (not JSON)",
-            "match strings, numbers, booleans, lists or objects",
-        ) from None
+            f"conf names {len(value)} keys", f"match at most {MAX_CONF_KEYS}, the telling ones"
+        )
     return dict(value)
+
+
+def _matchable(item: Any) -> bool:
+    if isinstance(item, str):
+        return len(item) <= MAX_CONF_TEXT
+    if isinstance(item, float):
+        return math.isfinite(item)
+    return isinstance(item, int)  # bool is an int
 
 
 def read_run_type(value: Any) -> str | None:

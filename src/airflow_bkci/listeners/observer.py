@@ -147,7 +147,7 @@ class Observer:
             Rank.FINISHED: run.end_date,
             Rank.CANCELED: run.canceled.canceled_at if run.canceled else None,
         }.get(mapped.rank) or self._now()
-        fields = {
+        fields: dict[str, Any] = {
             "run_type": run.run_type,
             "trigger_type": run.triggered_by,
             "triggering_user": run.triggering_user,
@@ -158,6 +158,10 @@ class Observer:
             "ended_at": _iso(run.end_date),
             "note": run.note,
         }
+        if run.conf is not None:
+            # For the store's conf column only (never the document). Not in the
+            # signature: a run's conf does not change, so it never makes an event.
+            fields["conf"] = run.conf
         if run.canceled is not None:
             fields.update(
                 cancel_reason=run.canceled.reason,

@@ -9,6 +9,7 @@ own engine (never the scheduler's), turns rows into events with
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -17,14 +18,14 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import Engine, and_, create_engine, or_, select
+from sqlalchemy import Engine, Text, and_, cast, create_engine, or_, select
 from sqlalchemy.orm import Session
 from tenacity import wait_exponential_jitter
 
 from airflow_bkci.forksafe import sqlite_section
 from airflow_bkci.listeners.background import BackgroundLoop
 from airflow_bkci.listeners.observer import NEVER_RAN, Observer, observe_all
-from airflow_bkci.listeners.rows import CancelMark, RunRow, TaskRow
+from airflow_bkci.listeners.rows import CancelMark, RunRow, TaskRow, kept_conf
 from airflow_bkci.listeners.sink import EventSink
 from airflow_bkci.model.event import utcnow
 from airflow_bkci.model.layout import TaskPlace, dag_layout
@@ -52,6 +53,9 @@ class AirflowReader:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._layouts: dict[str, dict[str, TaskPlace]] = {}
+        # kept_conf() of the runs of the last pass, by dag_run.id: a conf never
+        # changes (a clear keeps it), so each run's is read once, not every pass.
+        self._confs: dict[int, dict[str, Any] | None] = {}
 
     @classmethod
     def from_airflow(cls) -> AirflowReader:
@@ -95,6 +99,7 @@ class AirflowReader:
                 mark.reason,
                 mark.canceled_by,
                 mark.canceled_at,
+                DagRun.id,
             )
             .outerjoin(DagRunNote, DagRunNote.dag_run_id == DagRun.id)
             .outerjoin(
@@ -104,6 +109,8 @@ class AirflowReader:
             .where(wanted)
         )
         with sqlite_section(self.engine.url), Session(self.engine) as session:
+            found = list(session.execute(stmt))
+            confs = self._run_confs(session, [r[18] for r in found])
             return [
                 RunRow(
                     r[0],
@@ -121,9 +128,31 @@ class AirflowReader:
                     r[12],
                     r[13],
                     CancelMark(r[14], r[15], r[16], r[17]) if r[14] is not None else None,
+                    conf=confs.get(r[18]),
                 )
-                for r in session.execute(stmt)
+                for r in found
             ]
+
+    def _run_confs(self, session: Session, ids: Sequence[int]) -> dict[int, dict[str, Any] | None]:
+        """kept_conf() of each run, read only for runs the last pass did not have."""
+        from airflow.models.dagrun import DagRun
+
+        known = {i: self._confs[i] for i in ids if i in self._confs}
+        new = sorted(set(ids) - known.keys())
+        for start in range(0, len(new), 500):
+            # As text, parsed here: one unreadable conf must not fail the whole pass.
+            stmt = select(DagRun.id, DagRun.dag_id, DagRun.run_id, cast(DagRun.conf, Text)).where(
+                DagRun.id.in_(new[start : start + 500])
+            )
+            for run_pk, dag_id, run_id, text in session.execute(stmt):
+                try:
+                    conf = json.loads(text) if text else None
+                except ValueError:
+                    log.debug("bkci: conf of %s/%s is not JSON; not kept", dag_id, run_id)
+                    conf = None
+                known[run_pk] = kept_conf(conf, dag_id, run_id)
+        self._confs = known  # runs that left the passes leave the cache
+        return known
 
     def tasks(self, runs: Sequence[RunRow]) -> list[TaskRow]:
         from airflow.models.taskinstance import TaskInstance as TI

@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+MAX_CONF_BYTES = 16 * 1024
+"""Largest run conf the status store keeps, as compact UTF-8 JSON; a larger one is left out."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +46,40 @@ class RunRow:
     note: str | None = None
     dag_version_id: object = None  # Airflow's UUID, passed back as is
     canceled: CancelMark | None = None  # canceled in this clear of the run
+    # kept_conf() of the run's conf; None when there is none to keep or it was not read.
+    conf: Mapping[str, Any] | None = field(default=None, hash=False)
+
+
+def kept_conf(conf: Any, dag_id: str, run_id: str) -> dict[str, Any] | None:
+    """The run's conf as the status store keeps it, or None.
+
+    Only a non-empty JSON object of at most :data:`MAX_CONF_BYTES` is kept:
+    the store filters builds on it, and a conf can be large. The copy is
+    plain JSON, so nothing of Airflow's object leaves with it.
+    """
+    if not conf:  # Airflow stores {} for a run triggered without conf
+        return None
+    if not isinstance(conf, Mapping):
+        log.debug("bkci: conf of %s/%s is not a JSON object; not kept", dag_id, run_id)
+        return None
+    try:
+        text = json.dumps(conf, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError):
+        log.debug("bkci: conf of %s/%s is not JSON; not kept", dag_id, run_id)
+        return None
+    size = len(text.encode())
+    if size > MAX_CONF_BYTES:
+        log.debug(
+            "bkci: conf of %s/%s is %d bytes of JSON, over %d; not kept, so conf filters "
+            "of the query API and of quality gates do not match this build",
+            dag_id,
+            run_id,
+            size,
+            MAX_CONF_BYTES,
+        )
+        return None
+    kept: dict[str, Any] = json.loads(text)
+    return kept
 
 
 @dataclass(frozen=True, slots=True)

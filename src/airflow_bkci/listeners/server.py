@@ -26,7 +26,7 @@ from airflow_bkci.exceptions import ConfigError
 from airflow_bkci.forksafe import sqlite_section
 from airflow_bkci.listeners.observer import Observer, default_source
 from airflow_bkci.listeners.reconciler import AirflowReader, CatchUp, Reconciler
-from airflow_bkci.listeners.rows import CancelMark, RunRow, TaskRow
+from airflow_bkci.listeners.rows import CancelMark, RunRow, TaskRow, kept_conf
 from airflow_bkci.listeners.sink import EventSink
 from airflow_bkci.model.event import AUTHORITATIVE_SOURCE, StatusEvent
 
@@ -83,6 +83,11 @@ def run_row(dag_run: Any) -> RunRow:
         queued_at=dag_run.queued_at,
         start_date=dag_run.start_date,
         end_date=dag_run.end_date,
+        # Only when already loaded: a lazy load would query inside the scheduler's
+        # transaction. The reconciler reads every run's conf anyway.
+        conf=kept_conf(
+            getattr(dag_run, "__dict__", {}).get("conf"), dag_run.dag_id, dag_run.run_id
+        ),
     )
 
 

@@ -66,6 +66,8 @@ class _Build:
     refs: dict[str, NodeRef] = field(default_factory=dict)
     dirty: set[str] = field(default_factory=set)
     created: bool = False
+    conf: dict[str, Any] | None = None
+    conf_told: bool = False  # an event of the batch said what the run's conf is
 
 
 def apply_events(conn: Connection, events: Sequence[StatusEvent], now: datetime) -> ApplyResult:
@@ -90,6 +92,7 @@ def apply_events(conn: Connection, events: Sequence[StatusEvent], now: datetime)
     _write_nodes(conn, touched, now)
     _write_transitions(conn, transitions)
     _write_builds(conn, touched, now)
+    _write_confs(conn, [b for b in builds.values() if b.conf_told])
     result.build_ids.update(b.build_id for b in touched)
     return result
 
@@ -218,7 +221,8 @@ def _fold(
 ) -> None:
     # In event order, so a batch's outcome (and what counts as stale) does not
     # depend on the order its events were listed in.
-    for event in sorted(events, key=lambda e: (e.node.node_id, e.key)):
+    for told in sorted(events, key=lambda e: (e.node.node_id, e.key)):
+        event = _take_conf(build, told) if "conf" in told.fields and told.node.is_build else told
         node_id = event.node.node_id
         current = build.nodes.get(node_id)
         try:
@@ -233,6 +237,22 @@ def _fold(
             build.dirty.add(node_id)
         if decision in HISTORY_DECISIONS and (event.status is not None or event.removed):
             transitions.append(_transition(build.build_id, event, decision, new, now))
+
+
+def _take_conf(build: _Build, event: StatusEvent) -> StatusEvent:
+    """Keep the run's conf for its column and return the event without it.
+
+    The conf is a fact of the run, not of this status: a stale or refused
+    event still tells it. It never reaches the node's state, so the document
+    (what every receiver gets) never shows it and it makes no change set.
+    """
+    fields = dict(event.fields)
+    conf = fields.pop("conf")
+    if conf is None or isinstance(conf, dict):
+        build.conf, build.conf_told = conf or None, True
+    else:
+        log.debug("ignoring conf of %s: %s is not a JSON object", event.node, type(conf).__name__)
+    return replace(event, fields=fields)
 
 
 def _transition(
@@ -346,6 +366,14 @@ def _write_builds(conn: Connection, builds: list[_Build], now: datetime) -> None
         .values({name: bindparam(f"b_{name}") for name in names})
     )
     conn.execute(stmt, [{f"b_{k}": v for k, v in row.items()} for row in rows])
+
+
+def _write_confs(conn: Connection, builds: list[_Build]) -> None:
+    """The conf column, only for builds whose events told it (run events, not task events)."""
+    if not builds:
+        return
+    stmt = update(B).where(B.build_id == bindparam("b_build_id")).values(conf=bindparam("b_conf"))
+    conn.execute(stmt, [{"b_build_id": b.build_id, "b_conf": b.conf} for b in builds])
 
 
 def _build_row(build: _Build, now: datetime) -> dict[str, Any]:

@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, func, select, tuple_
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    String,
+    and_,
+    bindparam,
+    func,
+    literal,
+    or_,
+    select,
+    tuple_,
+)
+from sqlalchemy.dialects.postgresql import JSONB
 
 from airflow_bkci.model.fsm import Decision, NodeState
 from airflow_bkci.model.status import BuildStatus
@@ -190,6 +204,8 @@ class BuildFilter:
     until: datetime | None = None
     trigger_types: tuple[str, ...] = ()
     triggering_user: str | None = None
+    conf: tuple[tuple[str, str], ...] = ()
+    """(key, value) pairs that must all hold; see :func:`conf_matches`."""
 
 
 BuildKey = tuple[datetime, int]
@@ -266,11 +282,53 @@ def build_page(
         stmt = stmt.where(B.run_after >= flt.since)
     if flt.until is not None:
         stmt = stmt.where(B.run_after < flt.until)
+    for key, value in flt.conf:
+        stmt = stmt.where(conf_matches(conn.dialect.name, key, value))
     if after is not None:
         run_after = bindparam("after_run_after", after[0], type_=B.run_after.type)
         stmt = stmt.where(tuple_(B.run_after, B.build_num) < tuple_(run_after, after[1]))
     stmt = stmt.order_by(B.run_after.desc(), B.build_num.desc()).limit(limit)
     return [_listed(row._mapping) for row in conn.execute(stmt)]
+
+
+_JSON_NUMBER = re.compile(r"-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][+-]?\d+)?")
+
+
+def conf_matches(dialect: str, key: str, value: str) -> ColumnElement[bool]:
+    """True for builds whose run conf has the top-level ``key`` matching ``value``.
+
+    ``value`` matches a JSON string equal to it, a number equal to it as a
+    number when it is a JSON number (``3`` matches 3 and 3.0), and a boolean
+    when it is ``true`` or ``false``. Null, lists and objects never match.
+    Numbers compare by value because PostgreSQL's jsonb rewrites their text
+    (1e3 is 1000 there): by value, both databases answer alike.
+    """
+    number = _number(value)
+    if dialect == "postgresql":
+        item = B.conf.op("->")(literal(key, String))
+        wanted = [literal(value, JSONB)]
+        if number is not None or value in ("true", "false"):
+            wanted.append(literal(json.loads(value), JSONB))
+        return item.in_(wanted)
+    # SQLite: json_extract gives 1/0 for booleans, json_type tells them apart.
+    path = literal(f'$."{key}"', String)
+    kind = func.json_type(B.conf, path)
+    found = func.json_extract(B.conf, path)
+    matches = [and_(kind == "text", found == literal(value, String))]
+    if value in ("true", "false"):
+        matches.append(kind == value)
+    if number is not None:
+        matches.append(and_(kind.in_(("integer", "real")), found == literal(number)))
+    return or_(*matches)
+
+
+def _number(value: str) -> int | float | None:
+    if not _JSON_NUMBER.fullmatch(value):
+        return None
+    parsed: int | float = json.loads(value)
+    if isinstance(parsed, int) and not -(2**63) <= parsed < 2**63:
+        return float(parsed)  # SQLite holds larger integers as reals
+    return parsed
 
 
 def build_key(conn: Connection, build_id: str) -> tuple[str, BuildKey] | None:

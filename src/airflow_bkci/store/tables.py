@@ -61,6 +61,8 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 
 JSONDoc = JSON().with_variant(JSONB(), "postgresql")
+# Python None is SQL NULL here, not JSON null: "no value" is one thing to filter on.
+NullableJSON = JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
 # SQLite only autoincrements an INTEGER PRIMARY KEY, PostgreSQL wants 64 bits.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
 
@@ -113,6 +115,9 @@ class BuildRow(Base):
     trigger_type: Mapped[str | None] = mapped_column(String(50))
     triggering_user: Mapped[str | None] = mapped_column(String(512))
     queued_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The run's conf (a JSON object of at most listeners.rows.MAX_CONF_BYTES), for the
+    # query API's conf filters. Never in the document: receivers do not get it.
+    conf: Mapped[dict[str, Any] | None] = mapped_column(NullableJSON)
     # The sequence of the change set that made ``document``: read together,
     # they are a consistent snapshot. 0 until the first change.
     sequence: Mapped[int] = mapped_column(Integer, default=0, server_default="0")

@@ -82,7 +82,11 @@ def tree(status: str, stages: Mapping[str, Mapping[str, str]], **build: Any) -> 
 
 
 class FakeReader:
-    """Builds newest first by run_after, filtered as the query API and ``BuildQuery.matches``."""
+    """Builds newest first by run_after, filtered as the query API and ``BuildQuery.matches``.
+
+    A summary's ``conf`` is the run's conf as the status store keeps it: the
+    fake filters on it as the server does and, as the API, never returns it.
+    """
 
     def __init__(
         self,
@@ -92,7 +96,10 @@ class FakeReader:
         denied: set[str] | None = None,
         failure: GateError | None = None,
     ) -> None:
-        self._builds = list(builds or [])
+        self.confs = {b["id"]: cast(Any, b).get("conf") for b in builds or []}
+        self._builds = [
+            cast(BuildSummary, {k: v for k, v in b.items() if k != "conf"}) for b in builds or []
+        ]
         self.documents = dict(documents or {})
         self.denied = denied or set()
         self.failure = failure
@@ -111,6 +118,8 @@ class FakeReader:
         if not mine:
             raise PipelineNotFound(query.pipeline)
         mine.sort(key=lambda b: (b["run_after"], b["build_num"]), reverse=True)
+        if query.conf:  # the server's filter, on the store's conf column
+            mine = [b for b in mine if query.conf_holds(self.confs.get(b["id"]))]
         found = [b for b in mine if query.matches(b, self.documents.get(b["id"]))]
         return found[: query.limit] if query.limit is not None else found
 

@@ -119,6 +119,34 @@ def test_no_matching_build_is_unknown_and_fails_an_end_rule() -> None:
     assert result.decision is Decision.FAIL
 
 
+def test_aggregates_count_only_the_builds_the_conf_filter_keeps() -> None:
+    reader = FakeReader(
+        [
+            summary(1, "FAILED", conf={"branch": "feature"}),
+            summary(2, "SUCCEED", conf={"branch": "main", "retries": 3}),
+            summary(3, "FAILED", conf={"branch": "feature"}),
+            summary(4, "SUCCEED", conf={"branch": "main"}),
+            summary(5, "FAILED"),  # no conf kept: none given, or over 16 KiB
+        ]
+    )
+    main = one(success_rate(PIPELINE, GE, 1, last=10, conf={"branch": "main"}), reader)
+    assert (main.outcome, main.actual) == (
+        Outcome.PASSED,
+        "100% (2 of 2 finished builds; conf branch='main', the last 10)",
+    )
+    assert reader.queries[-1].conf_params() == [("conf.branch", "main")]
+    everything = one(success_rate(PIPELINE, GE, 1, last=10), reader)
+    assert (everything.outcome, everything.actual) == (
+        Outcome.FAILED,
+        "40% (2 of 5 finished builds; the last 10)",
+    )
+    retried = one(failed_count(PIPELINE, EQ, 0, last=10, conf={"retries": 3}), reader)
+    assert (retried.outcome, retried.actual) == (
+        Outcome.PASSED,
+        "0 (of 1 finished builds; conf retries=3, the last 10)",
+    )
+
+
 def test_a_pipeline_without_builds_is_unknown_with_the_fix() -> None:
     result = one(latest_status("biuld", EQ, "SUCCEED"), FakeReader([summary(1, "SUCCEED")]))
     assert result.outcome is Outcome.UNKNOWN

@@ -82,10 +82,20 @@ class FakeAuthManager:
         return dag_ids - ({"payments"} if user.name == "alice" else set())
 
 
-def seed(store: Store) -> None:
-    """Five builds of ``build`` ten minutes apart (the last one running) and one of payments."""
+MAIN = {"branch": "main"}
+FEATURE = {"branch": "feature", "dry_run": True}
 
-    def run(n: int, status: BuildStatus, run_type: str, seconds: float | None) -> Any:
+
+def seed(store: Store) -> None:
+    """Five builds of ``build`` ten minutes apart (the last one running) and one of payments.
+
+    Each run of ``build`` has a conf (the collectors put it on run events; the
+    store keeps it in its column): r1, r3 and r4 are on main, r2 and r5 on feature.
+    """
+
+    def run(
+        n: int, status: BuildStatus, run_type: str, seconds: float | None, conf: dict[str, Any]
+    ) -> Any:
         due = (n - 1) * 600
         ended = {"ended_at": iso(due + seconds)} if seconds is not None else {}
         return build_event(
@@ -96,16 +106,17 @@ def seed(store: Store) -> None:
             run_after=iso(due),
             queued_at=iso(due),
             started_at=iso(due),
+            conf=conf,
             **ended,
         )
 
     store.apply(
         [
-            run(1, S.SUCCEED, "scheduled", 60),
-            run(2, S.FAILED, "manual", 300),
-            run(3, S.SUCCEED, "scheduled", 120),
-            run(4, S.CANCELED, "manual", 30),
-            run(5, S.RUNNING, "manual", None),
+            run(1, S.SUCCEED, "scheduled", 60, MAIN),
+            run(2, S.FAILED, "manual", 300, FEATURE),
+            run(3, S.SUCCEED, "scheduled", 120, {**MAIN, "retries": 3}),
+            run(4, S.CANCELED, "manual", 30, MAIN),
+            run(5, S.RUNNING, "manual", None, FEATURE),
             event(S.FAILED, "tests.unit", run="r2", dag=DAG, stage="tests"),
             event(S.SUCCEED, "build.compile", run="r5", dag=DAG, stage="build"),
             event(S.RUNNING, "tests.unit", run="r5", dag=DAG, stage="tests"),
@@ -224,19 +235,100 @@ def test_too_many_documents_to_read_is_an_error_with_the_fix(
     result = evaluate([rule], reader(http), now=NOW).results[0]
     assert result.outcome is Outcome.ERROR
     assert result.reason == (
-        "the rule on 'build' needs 2 builds read for run_type/conf: narrow it with a shorter "
+        "the rule on 'build' needs 2 builds read for run_type: narrow it with a shorter "
         "window, last=N, or fewer filters"
     )
 
 
-def test_a_conf_filter_fails_clearly_while_the_store_keeps_no_conf(http: CountingClient) -> None:
+# ------------------------------------------------------------ conf filters
+def test_a_conf_rule_judges_the_latest_build_on_that_branch(http: CountingClient) -> None:
+    rules = [
+        latest_status(DAG, IN, ["SUCCEED"]),  # r5 on feature, still running
+        latest_status(DAG, IN, ["SUCCEED"], conf={"branch": "main"}),
+        latest_status(DAG, IN, ["SUCCEED"], conf={"branch": "main", "retries": 3}),
+        latest_status(DAG, EQ, "FAILED", conf={"branch": "feature"}, window="15m"),
+        success_rate(DAG, GE, 0.6, window="1h", conf={"branch": "main"}),
+        failed_count(DAG, EQ, 1, window="1h", conf={"dry_run": True}),
+    ]
+    result = evaluate(rules, reader(http), now=NOW)
+    assert [(r.outcome, r.actual) for r in result.results] == [
+        (Outcome.PENDING, "RUNNING (build #5 has not ended)"),
+        (Outcome.FAILED, "CANCELED (build #4)"),
+        (Outcome.PASSED, "SUCCEED (build #3)"),
+        (Outcome.PENDING, "RUNNING (build #5 has not ended)"),
+        (Outcome.PASSED, "66.67% (2 of 3 finished builds; conf branch='main', within the last 1h)"),
+        (Outcome.PASSED, "1 (of 1 finished builds; conf dry_run=True, within the last 1h)"),
+    ]
+    # The server filtered: one page per rule, no build document read for it.
+    assert not [u for u in http.sent if u.path.startswith("/bkci/v1/builds/")]
+    sent = [u.params.multi_items() for u in http.sent]
+    conf_params = [item for item in sent[2] if item[0].startswith("conf.")]
+    assert conf_params == [("conf.branch", "main"), ("conf.retries", "3")]
+    assert ("conf.dry_run", "true") in sent[5]
+
+
+def test_the_async_reader_sends_the_conf_filter_too(app: FastAPI) -> None:
+    async def run() -> list[BuildSummary]:
+        transport = httpx.ASGITransport(app=app)
+        async with (
+            httpx.AsyncClient(transport=transport, base_url=SERVER) as client,
+            AsyncRestBuildReader(SERVER, "alice-token", client=client) as source,
+        ):
+            return await source.builds(BuildQuery(DAG, conf={"branch": "feature"}))
+
+    assert [b["run_id"] for b in asyncio.run(run())] == ["r5", "r2"]
+
+
+@pytest.mark.parametrize(
+    ("wanted", "runs"),
+    [
+        ({"branch": "main"}, ["r4", "r3", "r1"]),
+        ({"retries": 3}, ["r3"]),
+        ({"retries": 3.0}, ["r3"]),  # numbers compare by value
+        ({"retries": "3"}, ["r3"]),  # the parameter is text: "3" is the number 3 too
+        ({"dry_run": True}, ["r5", "r2"]),
+        ({"dry_run": "true"}, ["r5", "r2"]),
+        ({"dry_run": False}, []),
+        ({"branch": "main", "dry_run": True}, []),
+        ({"branch": "Main"}, []),
+        ({"nope": "x"}, []),
+    ],
+)
+def test_the_servers_conf_match_is_the_one_fake_readers_use(
+    http: CountingClient, wanted: dict[str, Any], runs: list[str]
+) -> None:
+    query = BuildQuery(DAG, conf=wanted)
+    assert [b["run_id"] for b in reader(http).builds(query)] == runs
+    confs = {"r1": MAIN, "r2": FEATURE, "r3": {**MAIN, "retries": 3}, "r4": MAIN, "r5": FEATURE}
+    assert [r for r in ("r5", "r4", "r3", "r2", "r1") if query.conf_holds(confs[r])] == runs
+
+
+def test_builds_never_show_their_conf(http: CountingClient) -> None:
+    builds = reader(http).builds(BuildQuery(DAG, conf={"branch": "main"}))
+    snapshot = reader(http).snapshot(builds[0]["id"])
+    assert all("conf" not in b for b in builds)
+    assert "conf" not in snapshot["document"]
+
+
+def test_a_server_that_ignores_the_conf_filter_is_an_error_not_a_wrong_build() -> None:
+    def old_server(request: httpx.Request) -> httpx.Response:
+        # airflow-bkci before conf filters: it ignores conf.* and says nothing about them
+        build = {"id": "b-1", "run_after": T0.isoformat(), "status": "SUCCEED", "build_num": 1}
+        return httpx.Response(
+            200, json={"pipeline_id": DAG, "builds": [build], "next_cursor": None}
+        )
+
     rule = latest_status(DAG, EQ, "SUCCEED", conf={"branch": "main"})
-    result = evaluate([rule], reader(http), now=NOW)
+    result = evaluate([rule], mock_reader(old_server), now=NOW)
     error = result.results[0]
     assert error.outcome is Outcome.ERROR and result.decision is Decision.FAIL
-    assert error.reason is not None
-    assert error.reason.startswith("builds of 'build' do not say their conf")
-    assert "remove the conf filter" in error.reason
+    assert error.reason == (
+        "the API server did not apply the conf filter of the rule on 'build' (asked "
+        "{'branch': 'main'}, it answered for None): upgrade airflow-bkci on the API server to "
+        "a version with conf filters, or remove the conf filter"
+    )
+    plain = evaluate([latest_status(DAG, EQ, "SUCCEED")], mock_reader(old_server), now=NOW)
+    assert plain.decision is Decision.PASS  # rules without conf still read an older server
 
 
 def test_no_permission_to_read_the_pipeline_fails_the_gate_with_a_clear_message(

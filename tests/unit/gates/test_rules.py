@@ -146,6 +146,7 @@ ROUND_TRIP = [
     success_rate("build", GE, 0.95, last=20, window="30d", action=AUDIT),
     duration_p95("build", LE, 754.25, window="7d", action=WARN),
     failed_count("deploy", LT, 1, window="1d"),
+    failed_count("deploy", LE, 2, last=9, conf={"retries": 3, "ratio": 0.5, "dry_run": False}),
 ]
 
 
@@ -345,8 +346,28 @@ BAD_RULES = [
     ),
     (
         lambda: latest_status("build", EQ, "SUCCEED", conf={"when": timedelta(1)}),
-        "not JSON",
-        "match strings, numbers",
+        "conf when=datetime.timedelta(days=1) cannot be matched",
+        "match strings (up to 1000 characters), numbers or booleans",
+    ),
+    (
+        lambda: latest_status("build", EQ, "SUCCEED", conf={"tags": ["a"]}),
+        "conf tags=['a'] cannot be matched (not a string, number or boolean)",
+        "lists, objects and null cannot be filtered on",
+    ),
+    (
+        lambda: latest_status("build", EQ, "SUCCEED", conf={"ratio": float("nan")}),
+        "conf ratio=nan cannot be matched",
+        "numbers or booleans",
+    ),
+    (
+        lambda: latest_status("build", EQ, "SUCCEED", conf={"git branch": "main"}),
+        "conf key 'git branch' is not one the query API filters on",
+        "1-100 of A-Z a-z 0-9 _ . -",
+    ),
+    (
+        lambda: success_rate("build", GE, 0.9, last=5, conf={f"k{i}": i for i in range(11)}),
+        "conf names 11 keys",
+        "match at most 10",
     ),
     (
         lambda: success_rate("build", LT, 0, last=5),

@@ -18,6 +18,7 @@ from airflow_bkci.store.metrics import percentile
 from airflow_bkci.store.migrate import upgrade
 from airflow_bkci.store.outbox import Outbox
 from airflow_bkci.store.queries import BuildFilter
+from airflow_bkci.store.tables import BuildRow
 from tests.unit.store.builders import T0, build_event, event, iso
 
 S = BuildStatus
@@ -239,3 +240,36 @@ def test_migration_0003_fills_the_new_columns_from_existing_documents(fresh_url:
         r["id"] for r in store.build_page("etl", BuildFilter(trigger_types=("ui",)), None, 10)
     ] == ["b-1"]
     store.dispose()
+
+
+# ------------------------------------------------------------------ run conf
+def stored_confs(store: Store) -> dict[str, tuple[Any, bool]]:
+    """run_id: (conf, whether it is SQL NULL) of every build."""
+    with store.engine.connect() as conn:
+        rows = conn.execute(sa.select(BuildRow.run_id, BuildRow.conf, BuildRow.conf.is_(None)))
+        return {run_id: (conf, bool(is_null)) for run_id, conf, is_null in rows}
+
+
+def test_the_conf_column_holds_what_run_events_told_on_both_databases(store: Store) -> None:
+    conf = {"branch": "main", "retries": 3, "env": {"region": "eu"}}
+    store.apply(
+        [
+            build_event(S.RUNNING, run="r1", conf=conf),
+            build_event(S.RUNNING, run="r2"),  # no conf told
+            build_event(S.RUNNING, run="r3", conf=None),  # told: none
+            event(S.RUNNING, "extract", run="r4", conf={"branch": "x"}),  # a task's: ignored
+        ]
+    )
+    assert stored_confs(store) == {
+        "r1": (conf, False),
+        "r2": (None, True),
+        "r3": (None, True),  # SQL NULL, not JSON null
+        "r4": (None, True),
+    }
+    document = store.find_build("etl", "r1")
+    assert document is not None and "conf" not in document
+    # a later batch without a run event leaves the column alone
+    store.apply([event(S.SUCCEED, "extract", run="r1")])
+    assert stored_confs(store)["r1"] == (conf, False)
+    page = store.build_page("etl", BuildFilter(conf=(("retries", "3"),)), None, 10)
+    assert [b["run_id"] for b in page] == ["r1"]

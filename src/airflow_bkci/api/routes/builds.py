@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from airflow.utils.types import DagRunTriggeredByType
-from fastapi import APIRouter, Depends, Path, Query, status
+from fastapi import APIRouter, Depends, Path, Query, Request, status
 from pydantic import AwareDatetime
 
 from airflow_bkci.api.query_schemas import (
@@ -22,10 +22,12 @@ from airflow_bkci.api.query_schemas import (
     Snapshot,
 )
 from airflow_bkci.api.query_support import (
+    MAX_CONF_FILTERS,
     STATUS_STORE,
     QueryStore,
     blocking,
     check_readable,
+    conf_filters,
     decode_cursor,
     encode_cursor,
     fingerprint,
@@ -76,6 +78,29 @@ def check_window(since: datetime | None, until: datetime | None) -> None:
 
 
 # ----------------------------------------------------------- pipeline builds
+# Free keys, so not a declared parameter: described as OpenAPI's free-form query
+# object (style form, explode), which a client turns into conf.<key>=<value> pairs.
+_CONF_PARAMETER = {
+    "name": "conf",
+    "in": "query",
+    "required": False,
+    "style": "form",
+    "explode": True,
+    "description": "Only builds whose run conf has each top-level key with that value: "
+    "conf.<key>=<value>, one parameter per key, at most "
+    f"{MAX_CONF_FILTERS}. The value matches a JSON string equal to it, a number equal to "
+    "it (conf.retries=3 matches 3 and 3.0), or a boolean for true/false. A conf over 16 KiB "
+    "is not kept, so such builds never match.",
+    "schema": {
+        "type": "object",
+        "propertyNames": {"pattern": r"^conf\.[A-Za-z0-9_.-]{1,100}$"},
+        "additionalProperties": {"type": "string", "maxLength": 1000},
+        "maxProperties": MAX_CONF_FILTERS,
+    },
+    "example": {"conf.branch": "main"},
+}
+
+
 @router.get(
     "/v1/pipelines/{dag_id}/builds",
     response_model=BuildPage,
@@ -84,10 +109,12 @@ def check_window(since: datetime | None, until: datetime | None) -> None:
         **_COMMON,
         400: {"model": ProblemAnswer, "description": "A cursor this list did not give out"},
         404: {"model": ProblemAnswer, "description": "Unknown pipeline"},
-        422: {"description": "A bad filter, time range or limit"},
+        422: {"description": "A bad filter (conf key, too many conf filters), time range or limit"},
     },
+    openapi_extra={"parameters": [_CONF_PARAMETER]},
 )
 async def list_builds(
+    request: Request,
     dag_id: DagId,
     user: Caller,
     auth_manager: AuthManager,
@@ -118,15 +145,19 @@ async def list_builds(
 
     A page starts right after the last build of the previous one, so builds
     added meanwhile never shift a page: every build that existed when the
-    first page was read is listed exactly once.
+    first page was read is listed exactly once. ``conf.<key>=<value>``
+    parameters filter by the run's conf (see the ``conf`` parameter); the
+    answer never shows a build's conf.
     """
     check_window(since, until)
+    conf = conf_filters(request.query_params.multi_items())
     flt = BuildFilter(
         statuses=tuple(dict.fromkeys(statuses or ())),
         since=since,
         until=until,
         trigger_types=tuple(dict.fromkeys(t.value for t in trigger_type or ())),
         triggering_user=triggering_user,
+        conf=conf,
     )
     scope = "builds:" + fingerprint(
         dag_id=dag_id,
@@ -135,6 +166,7 @@ async def list_builds(
         until=until,
         trigger_type=sorted(flt.trigger_types),
         triggering_user=triggering_user,
+        **({"conf": conf} if conf else {}),  # cursors given out before conf filters stay good
     )
     after = _position(decode_cursor(cursor, scope)) if cursor is not None else None
     await check_readable(auth_manager, user, dag_id, "its builds")
@@ -146,7 +178,12 @@ async def list_builds(
     if len(rows) > limit:
         last = page[-1]
         next_cursor = encode_cursor(scope, [last["run_after"], last["build_num"]])
-    return {"pipeline_id": dag_id, "builds": page, "next_cursor": next_cursor}
+    return {
+        "pipeline_id": dag_id,
+        "builds": page,
+        "next_cursor": next_cursor,
+        "conf": dict(conf),
+    }
 
 
 def _position(raw: Any) -> BuildKey:
