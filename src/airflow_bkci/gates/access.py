@@ -40,6 +40,7 @@ def api_access(conn_id: str) -> ApiAccess:
 
     from airflow_bkci.hooks.api import BkciApiClient, BkciApiError
 
+    client: BkciApiClient | None = None
     try:
         client = BkciApiClient.from_connection(conn_id)
         token = client.bearer_token()
@@ -55,4 +56,7 @@ def api_access(conn_id: str) -> ApiAccess:
         raise ReadUnavailable(
             f"cannot reach the API server of connection {conn_id!r} ({type(exc).__name__}: {exc})"
         ) from exc
+    finally:
+        if client is not None:
+            client.close()  # only the token is kept; its session would leak
     return ApiAccess(client.base_url, token, client.timeout)

@@ -352,6 +352,9 @@ def _aggregate(index: int, rule: Rule, builds: Sequence[BuildSummary]) -> RuleRe
     filters = describe_filters(rule)
     of = f"of {len(finished)} finished builds" + (f"; {filters}" if filters else "")
     if rule.indicator is Indicator.FAILED_COUNT:
+        if not finished:
+            # No build to count is no evidence: a filter with a typo must not open a gate.
+            return _no_finished(index, rule)
         failed = sum(1 for b in finished if b["status"] == BuildStatus.FAILED.value)
         ok = rule.comparison.holds(failed, rule.threshold)
         return _result(index, rule, ok, f"{failed} ({of})")

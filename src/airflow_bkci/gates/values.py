@@ -120,7 +120,7 @@ def read_pipeline(value: Any) -> str:
         raise BadValue(
             f"pipeline {value!r} is not a DAG id",
             "give the DAG id itself (letters, digits, '_', '.', '-'); rules are checked when "
-            "made, so a templated id must be a dict parsed when the task runs",
+            "the DAG file is parsed, so they cannot be Jinja templates",
         )
     return value
 

@@ -108,6 +108,10 @@ class BkciApiClient:
             self._token = str(resp.json()["access_token"])
         return self._token
 
+    def close(self) -> None:
+        """Close the pooled HTTP session."""
+        self._http.close()
+
     def cancel(self, body: dict[str, Any]) -> dict[str, Any]:
         """``POST /bkci/v1/builds/cancel``; raises :class:`BkciApiError` on an error answer."""
         resp = self._http.post(

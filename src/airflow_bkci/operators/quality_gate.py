@@ -188,6 +188,14 @@ class QualityGateOperator(BaseOperator):
                 f"Quality gate timed out after {format_duration(self.timeout)} without reading "
                 f"build status: {event.get('error') or 'no answer'}",
             )
+        if outcome == TIMEOUT and event.get("error"):
+            # The deadline passed while the API could not answer: an old "wait"
+            # must not be judged as if the builds had been read at the end.
+            self._fail_plainly(
+                context,
+                f"Quality gate timed out after {format_duration(self.timeout)}; the last read "
+                f"failed: {event['error']}",
+            )
         result = result_from_json(event["result"])
         if outcome == TIMEOUT:
             result = self._give_up(result)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -327,7 +328,9 @@ def _number(value: str) -> int | float | None:
         return None
     parsed: int | float = json.loads(value)
     if isinstance(parsed, int) and not -(2**63) <= parsed < 2**63:
-        return float(parsed)  # SQLite holds larger integers as reals
+        parsed = float(parsed)  # SQLite holds larger integers as reals
+    if isinstance(parsed, float) and not math.isfinite(parsed):
+        return None  # 1e400: no JSON number equals it, and PostgreSQL refuses Infinity
     return parsed
 
 

@@ -171,7 +171,10 @@ class QualityGateTrigger(BaseTrigger):
         await self._close()
         # A connection look-up and a login block: off the triggerer's event loop.
         access = await sync_to_async(api_access)(self.conn_id)
-        self._reader = AsyncRestBuildReader(access.base_url, access.token, timeout=access.timeout)
+        # Making the client loads TLS certificates: off the event loop too.
+        self._reader = await sync_to_async(AsyncRestBuildReader)(
+            access.base_url, access.token, timeout=access.timeout
+        )
         self._opened_at = time.monotonic()
         return self._reader
 

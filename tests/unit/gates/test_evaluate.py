@@ -324,13 +324,12 @@ def test_failed_count_counts_failed_builds_only() -> None:
     )
 
 
-def test_no_builds_in_the_window_is_no_failures() -> None:
+def test_no_builds_in_the_window_is_no_evidence_and_counts_as_failed() -> None:
+    # A filter with a typo matches nothing: that must not open a gate on "0 failures".
     reader = FakeReader([summary(1, "FAILED", minute=0)])
     result = one(failed_count(PIPELINE, EQ, 0, window="10m"), reader)
-    assert (result.outcome, result.actual) == (
-        Outcome.PASSED,
-        "0 (of 0 finished builds; within the last 10m)",
-    )
+    assert result.outcome is Outcome.UNKNOWN
+    assert "no finished build" in result.actual
 
 
 @pytest.mark.parametrize(

@@ -247,7 +247,7 @@ BAD_RULES = [
     (
         lambda: latest_status("{{ params.dag }}", EQ, "SUCCEED"),
         "is not a DAG id",
-        "a templated id must be a dict parsed when the task runs",
+        "so they cannot be Jinja templates",
     ),
     (
         lambda: success_rate("build", GE, 90, last=5),

@@ -321,6 +321,18 @@ def test_a_trigger_that_never_read_or_cannot_log_in_fails_plainly(gate: Gate) ->
     assert gate.checks == ["QUALITY_CHECK_FAIL", "QUALITY_CHECK_FAIL"]
 
 
+def test_a_timeout_while_the_api_is_down_fails_even_a_warn_gate_with_the_error(
+    gate: Gate,
+) -> None:
+    op = operator(latest_status(PIPELINE, EQ, "SUCCEED", action=WARN), timeout="2m")
+    waiting = evaluate_with(op, FakeReader([summary(1, "RUNNING")]))
+    event = {"outcome": "timeout", "result": result_to_json(waiting), "error": "HTTP 503: down"}
+    now = datetime.now(timezone.utc).isoformat()
+    with pytest.raises(AirflowFailException, match="the last read failed: HTTP 503: down"):
+        op.execute_complete(gate.context, event, now, BASE)
+    assert gate.checks == ["QUALITY_CHECK_FAIL"]
+
+
 def test_a_failed_trigger_still_shows_fail_on_the_gate(gate: Gate) -> None:
     op = operator(latest_status(PIPELINE, EQ, "SUCCEED"))
     with pytest.raises(TaskDeferralError):
