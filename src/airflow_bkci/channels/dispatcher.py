@@ -80,6 +80,7 @@ class PassReport:
     failed_lanes: int = 0
     dead_lettered: int = 0
     snapshots: int = 0
+    postponed_lanes: int = 0  # the channel asked for them again later (Delivery.LATER)
     skipped: list[str] = field(default_factory=list)
 
     @property
@@ -195,10 +196,13 @@ class Dispatcher:
         wanted = [lane for lane in lanes if self._wants_changes(channel, lane)]
         pending = self.outbox.pending(wanted, self.batch_size)
         items = [self._item(lane, pending.get(lane.build_id, [])) for lane in lanes]
+        # A channel may take fewer events per send (the notification channel takes one
+        # build at a time, so one build's wait or failure is that build's alone).
+        limit = min(self.batch_size, getattr(channel, "max_batch_events", None) or self.batch_size)
         batches: list[list[_Item]] = [[]]
         size = 0
         for item in items:
-            if size and size + len(item.events) > self.batch_size:
+            if size and size + len(item.events) > limit:
                 batches.append([])
                 size = 0
             batches[-1].append(item)
@@ -332,6 +336,17 @@ class Dispatcher:
                 events,
                 len(batch),
                 result.error,
+            )
+            return True
+        if result.delivery is Delivery.LATER:
+            # Not a failure: no circuit count, no warning; the lanes come back later.
+            later = result.retry_after if result.retry_after is not None else 1.0
+            self.outbox.failed(
+                [item.lane for item in batch], result.error or "later", lambda _: later
+            )
+            report.postponed_lanes += len(batch)
+            log.debug(
+                "bkci channel %s postponed %d builds: %s", channel.name, len(batch), result.error
             )
             return True
         if result.delivery is Delivery.GONE:

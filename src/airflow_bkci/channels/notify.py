@@ -114,6 +114,7 @@ class _Failure:
 
     error: str
     retry_after: float | None = None
+    waiting: bool = False  # for late data (notify_settle), not a failed delivery
 
 
 class _Undelivered(Exception):
@@ -126,6 +127,9 @@ class NotifyChannel:
     """Sends owner-routed notices for the builds the dispatcher hands it. ``send`` never raises."""
 
     wants_changes = False
+    # One build per send: a build waiting for its error summary, or whose mail
+    # failed, is retried alone, and the builds after it go on in the same pass.
+    max_batch_events = 1
 
     def __init__(
         self,
@@ -181,7 +185,8 @@ class NotifyChannel:
         error = "; ".join(f.error for f in failures[:3])
         if len(failures) > 3:
             error += f"; and {len(failures) - 3} more"
-        return SendResult(Delivery.RETRY, error=error, retry_after=max(waits) if waits else None)
+        kind = Delivery.LATER if all(f.waiting for f in failures) else Delivery.RETRY
+        return SendResult(kind, error=error, retry_after=max(waits) if waits else None)
 
     # -- one document ---------------------------------------------------------
 
@@ -250,6 +255,7 @@ class NotifyChannel:
             f"build {notice.build.build_id}: waiting {left:.1f}s more for "
             f"{' and '.join(waits)} ([bkci] notify_settle)",
             retry_after=left,
+            waiting=True,
         )
 
     def _with_failed_tasks(self, notice: Notice) -> Notice:

@@ -44,6 +44,9 @@ class Delivery(enum.Enum):
     RETRY = "retry"
     REJECTED = "rejected"
     GONE = "gone"
+    LATER = "later"
+    """Nothing failed: the channel waits for data and asks to get the builds again after
+    ``retry_after`` (no failure counted against the endpoint's circuit)."""
 
 
 @dataclass(frozen=True)

@@ -297,7 +297,7 @@ def test_a_failure_without_its_error_summary_waits_for_it_once(store: Store) -> 
 
     waiting = notify.send([snapshot_of(store, build_id)])
 
-    assert waiting.delivery is Delivery.RETRY and waiting.retry_after == pytest.approx(4.0)
+    assert waiting.delivery is Delivery.LATER and waiting.retry_after == pytest.approx(4.0)
     assert "error summary of load" in (waiting.error or "") and notifiers.sent == []
     store_build(store, Task("load", "failed", error="OSError: disk full", ended=2))
     assert notify.send([snapshot_of(store, build_id)]).delivery is Delivery.DELIVERED
@@ -316,11 +316,32 @@ def test_a_failure_whose_downstream_task_is_not_final_yet_waits_for_it(store: St
 
     waiting = notify.send([snapshot_of(store, build_id)])
 
-    assert waiting.delivery is Delivery.RETRY and "final state of report" in (waiting.error or "")
+    assert waiting.delivery is Delivery.LATER and "final state of report" in (waiting.error or "")
     store_build(store, Task("report", "upstream_failed", ended=2))
     assert notify.send([snapshot_of(store, build_id)]).delivery is Delivery.DELIVERED
     (_, message), *_ = notifiers.mails()
     assert "Not run because of these failures (upstream_failed): report" in message.text
+
+
+def test_a_build_waiting_for_its_summary_holds_back_neither_others_nor_the_circuit(
+    store: Store,
+) -> None:
+    notifiers = RecordingNotifiers()
+    clock = Clock(T0 + timedelta(minutes=10, seconds=1))  # a second after the builds ended
+    notify = channel(store, notifiers, clock, settle=5.0)
+    store_build(store, Task("load", "failed", ended=2), run_id="run-1")  # no summary yet
+    complete = store_build(
+        store, Task("load", "failed", error="OSError: disk full", ended=2), run_id="run-2"
+    )
+    runner = dispatcher(store, notify)
+    reports = [runner.run_once() for _ in range(3)]
+
+    assert [m.subject for _, m in notifiers.mails()] == [
+        "[bkci] FAILED etl_daily #2: load (try 1 of 1) failed"
+    ]
+    assert complete in notifiers.sent[0][1].dedupe_key
+    assert reports[0].postponed_lanes == 1 and reports[0].failed_lanes == 0
+    assert runner._circuits[CHANNEL_NAME].failures == 0  # waiting is not failing
 
 
 def test_a_summary_that_never_comes_does_not_hold_the_message(store: Store) -> None:
