@@ -146,15 +146,16 @@ class Dispatcher:
         self._gone: dict[str, tuple[float, str | None]] = {}
         self._stop = threading.Event()
         self._wake = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._thread: threading.Thread | None = None  # the one for the shared channels
+        self._threads: list[tuple[threading.Thread, threading.Event]] = []
         self._last_clean = 0.0
 
     # -- one pass -------------------------------------------------------------
 
-    def run_once(self) -> PassReport:
-        """One pass over every channel. Raises only if the store is unreachable."""
+    def run_once(self, channels: Sequence[Channel] | None = None) -> PassReport:
+        """One pass over ``channels`` (every channel). Raises only if the store is unreachable."""
         report = PassReport()
-        for channel in self.channels:
+        for channel in self.channels if channels is None else channels:
             self._pass(channel, report)
         if self._clock() - self._last_clean > 600:
             self._last_clean = self._clock()
@@ -411,35 +412,53 @@ class Dispatcher:
     # -- background thread ----------------------------------------------------
 
     def start(self) -> None:
+        """One thread for the shared channels, one for each channel with ``own_thread``.
+
+        A channel that may block for long on each send (the notification channel's
+        mail server) gets a thread of its own, so it never holds up the webhooks.
+        """
         if self._thread is not None and self._thread.is_alive():
             return
         self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="bkci-dispatcher", daemon=True)
-        self._thread.start()
+        shared = [c for c in self.channels if not getattr(c, "own_thread", False)]
+        groups = [shared] if shared else []
+        groups += [[c] for c in self.channels if getattr(c, "own_thread", False)]
+        self._threads = []
+        for group in groups:
+            wake = self._wake if group is shared else threading.Event()
+            name = "bkci-dispatcher" if group is shared else f"bkci-dispatcher-{group[0].name}"
+            thread = threading.Thread(target=self._run, args=(group, wake), name=name, daemon=True)
+            self._threads.append((thread, wake))
+            thread.start()
+        self._thread = self._threads[0][0] if self._threads else None
 
     def notify(self) -> None:
         """New change sets were stored: look now rather than at the next poll."""
         self._wake.set()
+        for _, wake in self._threads:
+            wake.set()
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
+        self.notify()
+        for thread, _ in self._threads:
+            thread.join(timeout)
 
-    def _run(self) -> None:
+    def _run(self, channels: Sequence[Channel], wake: threading.Event) -> None:
         # Another process (the API server, a relay) stores change sets too: be told.
         signal = StoreSignal(self.store.engine)
         try:
-            self._loop(signal)
+            self._loop(signal, channels, wake)
         finally:
             signal.close()
 
-    def _loop(self, signal: StoreSignal) -> None:
+    def _loop(
+        self, signal: StoreSignal, channels: Sequence[Channel], wake: threading.Event
+    ) -> None:
         failures = 0
         while not self._stop.is_set():
             try:
-                report = self.run_once()
+                report = self.run_once(channels)
                 failures = 0
             except Exception as exc:
                 failures += 1
@@ -451,5 +470,5 @@ class Dispatcher:
                 if self.batch_wait:
                     self._stop.wait(self.batch_wait)
                 continue
-            signal.wait(self.poll_interval, self._wake)
-            self._wake.clear()
+            signal.wait(self.poll_interval, wake)
+            wake.clear()

@@ -130,6 +130,9 @@ class NotifyChannel:
     # One build per send: a build waiting for its error summary, or whose mail
     # failed, is retried alone, and the builds after it go on in the same pass.
     max_batch_events = 1
+    # A mail server that does not answer costs its timeout per build: on a thread of
+    # its own, that never holds up the webhooks and queues.
+    own_thread = True
 
     def __init__(
         self,
