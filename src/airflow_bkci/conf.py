@@ -297,6 +297,11 @@ def notify_from_email() -> str | None:
     return str(_conf().get("email", "from_email", fallback="") or "").strip() or None
 
 
+def api_base_url() -> str | None:
+    """Airflow's ``[api] base_url`` (unset by default)."""
+    return str(_conf().get("api", "base_url", fallback="") or "").strip() or None
+
+
 def notify_base_url() -> str:
-    """Airflow's ``[api] base_url`` for links, with Airflow's own fallback."""
-    return str(_conf().get("api", "base_url", fallback="") or "") or "http://localhost:8080/"
+    """The base of links in messages: ``[api] base_url``, with Airflow's own fallback."""
+    return api_base_url() or "http://localhost:8080/"

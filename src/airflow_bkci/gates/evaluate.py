@@ -10,7 +10,6 @@ are not caught: the caller reads again after a while.
 from __future__ import annotations
 
 import enum
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
@@ -31,6 +30,7 @@ from airflow_bkci.gates.rules import Rule
 from airflow_bkci.gates.terms import FINAL_STATUSES, Action, Indicator
 from airflow_bkci.gates.values import did_you_mean, format_duration, format_rate
 from airflow_bkci.model.status import BuildStatus
+from airflow_bkci.stats import percentile
 
 __all__ = [
     "Decision",
@@ -39,7 +39,6 @@ __all__ = [
     "RuleResult",
     "evaluate",
     "evaluate_async",
-    "percentile",
     "query_for",
     "stop_waiting",
 ]
@@ -384,14 +383,6 @@ def _no_finished(index: int, rule: Rule) -> RuleResult:
         reason=f"no finished build of {rule.pipeline!r}{_matching(rule)}: widen the "
         "window or the filters, or wait until a build ends",
     )
-
-
-def percentile(values: Sequence[float], p: float) -> float | None:
-    """Nearest rank, as the query API's metrics (store/metrics.py; a test keeps them equal)."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[max(1, math.ceil(p / 100 * len(ordered))) - 1]
 
 
 def describe_filters(rule: Rule) -> str:

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import quote
 
 from airflow_bkci.gates.builds import BuildSummary, NodeHit
 from airflow_bkci.gates.evaluate import Decision, GateResult, Outcome, RuleResult
 from airflow_bkci.gates.terms import Action
 from airflow_bkci.model.tree import UNGROUPED_STAGE
+from airflow_bkci.ui_links import group_url, run_url, runs_url, task_url
 
 __all__ = [
     "node_url",
@@ -32,31 +32,22 @@ MAX_SUMMARY = 500
 """Characters of :func:`summary_line`; the build tree keeps it on the gate's task node."""
 
 
-def _q(segment: str) -> str:
-    return quote(segment, safe="")
-
-
 def pipeline_url(base_url: str | None, dag_id: str) -> str:
     """The DAG's runs in the UI."""
-    return f"{(base_url or '').rstrip('/')}/dags/{_q(dag_id)}/runs"
-
-
-def run_url(base_url: str | None, dag_id: str, run_id: str) -> str:
-    """One build (DAG run) in the UI."""
-    return f"{(base_url or '').rstrip('/')}/dags/{_q(dag_id)}/runs/{_q(run_id)}"
+    return runs_url(base_url, dag_id)
 
 
 def node_url(base_url: str | None, dag_id: str, run_id: str, node: NodeHit) -> str:
     """The stage, group or task of a build in the UI; the run for the ungrouped stage."""
-    run = run_url(base_url, dag_id, run_id)
     if node.kind in ("stage", "group"):
-        return run if node.name == UNGROUPED_STAGE else f"{run}/tasks/group/{_q(node.name)}"
-    task = f"{run}/tasks/{_q(node.task_id or node.name)}"
-    if node.kind == "mapped":
-        return f"{task}/mapped"
-    if node.map_index is not None:
-        return f"{task}/mapped/{node.map_index}"
-    return task
+        if node.name == UNGROUPED_STAGE:
+            return run_url(base_url, dag_id, run_id)
+        return group_url(base_url, dag_id, run_id, node.name)
+    task_id = node.task_id or node.name
+    if node.kind == "mapped":  # the mapped task as a whole
+        return f"{task_url(base_url, dag_id, run_id, task_id)}/mapped"
+    index = -1 if node.map_index is None else node.map_index
+    return task_url(base_url, dag_id, run_id, task_id, index)
 
 
 def rule_url(base_url: str | None, result: RuleResult) -> str:

@@ -19,13 +19,14 @@ import html
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from urllib.parse import quote
 
 from airflow_bkci.model.tree import UNGROUPED_STAGE
 from airflow_bkci.notify.decide import BuildSummary, Notice, NoticeKind
 from airflow_bkci.notify.ratelimit import Digest
 from airflow_bkci.notify.root_cause import FailedTask
 from airflow_bkci.notify.routing import Recipients
+from airflow_bkci.ui_links import run_url as build_url
+from airflow_bkci.ui_links import task_url as task_log_url
 
 __all__ = [
     "MAX_ERROR_CHARS",
@@ -64,28 +65,6 @@ class Message:
     notify_type: str
     dedupe_key: str
     recipients: Recipients
-
-
-def build_url(base_url: str, dag_id: str, run_id: str) -> str:
-    """The build's page (the DAG run) in the Airflow 3 UI."""
-    return f"{base_url.rstrip('/')}/dags/{quote(dag_id, safe='')}/runs/{quote(run_id, safe='')}"
-
-
-def task_log_url(
-    base_url: str,
-    dag_id: str,
-    run_id: str,
-    task_id: str,
-    map_index: int = -1,
-    try_number: int | None = None,
-) -> str:
-    """The log of one task try in the Airflow 3 UI (as ``TaskInstance.log_url`` builds it)."""
-    url = f"{build_url(base_url, dag_id, run_id)}/tasks/{quote(task_id, safe='')}"
-    if map_index >= 0:
-        url += f"/mapped/{map_index}"
-    if try_number is not None and try_number > 0:
-        url += f"?try_number={try_number}"
-    return url
 
 
 def compose(notice: Notice, recipients: Recipients, base_url: str) -> Message:

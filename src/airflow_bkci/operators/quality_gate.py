@@ -407,8 +407,6 @@ class QualityGateOperator(BaseOperator):
 
 def _link_base(access: ApiAccess) -> str:
     """The UI's base URL for report links: ``[api] base_url``, else the connection's server."""
-    from airflow.configuration import conf
+    from airflow_bkci import conf
 
-    # Airflow's own option, unset by default: conf.notify_base_url() would guess localhost.
-    configured = conf.get("api", "base_url", fallback=None)
-    return str(configured or access.base_url).rstrip("/")
+    return str(conf.api_base_url() or access.base_url).rstrip("/")

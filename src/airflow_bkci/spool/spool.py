@@ -156,14 +156,15 @@ class Spool:
 
     def has_claimable(self) -> bool:
         """Whether some row waits unleased (a read: no write lock taken)."""
-        now = time.time()
         with self._lock:
-            db = self._db()
-            row = self._retrying(
-                lambda: db.execute(
-                    "SELECT 1 FROM spool WHERE lease_until <= ? LIMIT 1", (now,)
-                ).fetchone()
-            )
+            return self._claimable(self._db(), time.time())
+
+    def _claimable(self, db: sqlite3.Connection, now: float) -> bool:
+        row = self._retrying(
+            lambda: db.execute(
+                "SELECT 1 FROM spool WHERE lease_until <= ? LIMIT 1", (now,)
+            ).fetchone()
+        )
         return row is not None
 
     def claim(self, limit: int, *, lease: float = DEFAULT_LEASE) -> list[tuple[int, str]]:
@@ -173,12 +174,7 @@ class Spool:
             db = self._db()
             # A read first: the reader polls many times a second, and an UPDATE that
             # matches nothing still takes the write lock the task runners' hooks need.
-            waiting = self._retrying(
-                lambda: db.execute(
-                    "SELECT 1 FROM spool WHERE lease_until <= ? LIMIT 1", (now,)
-                ).fetchone()
-            )
-            if waiting is None:
+            if not self._claimable(db, now):
                 return []
             rows = self._retrying(
                 lambda: db.execute(

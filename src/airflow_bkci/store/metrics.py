@@ -8,9 +8,7 @@ columns each.
 
 from __future__ import annotations
 
-import math
 from collections import Counter
-from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -18,23 +16,15 @@ from sqlalchemy import Connection, false, func, select
 
 from airflow_bkci.model.event import BUILD_NODE
 from airflow_bkci.model.status import BuildStatus
+from airflow_bkci.stats import percentile
 from airflow_bkci.store.tables import BuildRow, NodeRow
 
-__all__ = ["FINAL_STATUSES", "percentile", "pipeline_metrics"]
+__all__ = ["FINAL_STATUSES", "pipeline_metrics"]
 
 B, N = BuildRow, NodeRow
 
 FINAL_STATUSES = tuple(s for s in BuildStatus if s.is_finished and s is not BuildStatus.RETRY)
 """A build in one of these has ended; RETRY ends a try, never a build."""
-
-
-def percentile(values: Sequence[float], p: float) -> float | None:
-    """Nearest-rank percentile (the smallest value with ``p`` % of values at or below it)."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    rank = max(1, math.ceil(p / 100 * len(ordered)))
-    return ordered[rank - 1]
 
 
 def pipeline_metrics(

@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import uuid
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import sqlalchemy as sa
 from airflow.api_fastapi.auth.managers.models.base_user import BaseUser
 from jwt import InvalidTokenError
 
 from airflow_bkci.api.app import create_app
 from airflow_bkci.model import BuildStatus
 from airflow_bkci.store import Store
-from tests.services import require_postgres
 from tests.unit.api.users import User
 from tests.unit.store.builders import build_event, iso
 
@@ -54,21 +51,10 @@ class FakeAuthManager:
 
 
 @pytest.fixture(scope="module")
-def pg_database() -> Iterator[str]:
-    """One database for this module's PostgreSQL tests, dropped at the end."""
-    admin = sa.create_engine(
-        require_postgres().replace("postgresql://", "postgresql+psycopg://", 1),
-        isolation_level="AUTOCOMMIT",
-    )
-    name = f"bkci_test_{uuid.uuid4().hex[:12]}"
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    try:
-        yield admin.url.set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.dispose()
+def pg_database(pg_server: Any) -> str:
+    """One database for this module's PostgreSQL tests."""
+    url: str = pg_server()
+    return url
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])

@@ -7,8 +7,6 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
 from airflow_bkci.gates import (
     AUDIT,
@@ -36,7 +34,7 @@ from airflow_bkci.gates import (
     node_status,
     success_rate,
 )
-from airflow_bkci.gates.evaluate import percentile, query_for
+from airflow_bkci.gates.evaluate import query_for
 from airflow_bkci.gates.terms import FINAL_STATUSES
 from tests.unit.gates.fakes import NOW, PIPELINE, AsyncFakeReader, FakeReader, summary, tree
 
@@ -361,13 +359,6 @@ def test_aggregates_read_only_finished_builds_of_the_window_and_last_n() -> None
     assert query.since == NOW - timedelta(days=1) and query.run_type == "manual"
     latest = query_for(latest_status(PIPELINE, EQ, "SUCCEED"), NOW)
     assert (latest.limit, latest.statuses, latest.since) == (1, (), None)
-
-
-@given(st.lists(st.floats(min_value=0, max_value=1e9), max_size=50), st.sampled_from([50, 95]))
-def test_p95_is_the_query_apis_percentile(values: list[float], p: int) -> None:
-    from airflow_bkci.store.metrics import percentile as api_percentile
-
-    assert percentile(values, p) == api_percentile(values, p)
 
 
 # ------------------------------------------------------------ decisions

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import uuid
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -16,7 +15,6 @@ from airflow_bkci.notify.sentlog import route_key
 from airflow_bkci.store import Store
 from airflow_bkci.store.notices import MAX_KEY_CHARS, NoticeLog
 from airflow_bkci.store.tables import NoticeSentRow
-from tests.services import require_postgres
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -24,23 +22,11 @@ KEY = "bkci-notice/b-0123456789abcdef0123/failed/0"
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'status.db'}"
-        return
-    admin = sa.create_engine(
-        require_postgres().replace("postgresql://", "postgresql+psycopg://", 1),
-        isolation_level="AUTOCOMMIT",
-    )
-    name = f"bkci_test_{uuid.uuid4().hex[:12]}"
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    try:
-        yield admin.url.set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.dispose()
+        return f"sqlite:///{tmp_path / 'status.db'}"
+    url: str = request.getfixturevalue("pg_server")()
+    return url
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ a module named conftest cannot be imported from tests reliably.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,39 +14,11 @@ import pytest
 import sqlalchemy as sa
 
 from airflow_bkci.store import Store
-from tests.services import require_postgres
 
 STORE_TABLES = (
     "bkci_transition, bkci_node, bkci_change, bkci_lane, bkci_endpoint, bkci_dead_letter, "
     "bkci_build, bkci_pipeline, bkci_quarantine"
 )
-
-
-@pytest.fixture(scope="session")
-def pg_server() -> Iterator[Any]:
-    """Yields a function that creates a fresh database and returns its URL.
-
-    Every database it made is dropped when the session ends.
-    """
-    admin_url = require_postgres()
-    admin = sa.create_engine(
-        admin_url.replace("postgresql://", "postgresql+psycopg://", 1),
-        isolation_level="AUTOCOMMIT",
-    )
-    made: list[str] = []
-
-    def create() -> str:
-        name = f"bkci_test_{uuid.uuid4().hex[:12]}"
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-        made.append(name)
-        return admin.url.set(database=name).render_as_string(hide_password=False)
-
-    yield create
-    with admin.connect() as conn:
-        for name in made:
-            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    admin.dispose()
 
 
 @pytest.fixture(scope="session")

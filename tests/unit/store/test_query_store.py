@@ -13,8 +13,8 @@ from sqlalchemy.dialects.postgresql import JSONB
 
 from airflow_bkci.model import BuildStatus
 from airflow_bkci.model.event import build_id_for, utcnow
+from airflow_bkci.stats import percentile
 from airflow_bkci.store import Store
-from airflow_bkci.store.metrics import percentile
 from airflow_bkci.store.migrate import upgrade
 from airflow_bkci.store.outbox import Outbox
 from airflow_bkci.store.queries import BuildFilter
