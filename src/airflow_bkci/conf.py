@@ -216,6 +216,34 @@ def live_max_subscriptions() -> int:
     return max(1, int(_float("live_max_subscriptions", 1000)))
 
 
+# -- the dashboard ([bkci] dashboard_*) -----------------------------------------------------
+
+MAX_DASHBOARD_WINDOW = 366 * 86400
+
+
+def dashboard_pipelines() -> list[str]:
+    """``[bkci] dashboard_pipelines``: the wall's pipelines when the URL names none, in order."""
+    return list(
+        dict.fromkeys(d.strip() for d in _get("dashboard_pipelines").split(",") if d.strip())
+    )
+
+
+def dashboard_tag() -> str | None:
+    """``[bkci] dashboard_tag``: the DAG tag whose DAGs the wall shows when nothing else says."""
+    return _get("dashboard_tag").strip() or None
+
+
+def dashboard_window() -> int:
+    """``[bkci] dashboard_window``: seconds of builds the wall's numbers cover by default."""
+    seconds = int(_float("dashboard_window", 604800))
+    if not 1 <= seconds <= MAX_DASHBOARD_WINDOW:
+        raise ConfigError(
+            f"[bkci] dashboard_window={seconds} is out of range: give 1 to "
+            f"{MAX_DASHBOARD_WINDOW} seconds (366 days), e.g. 604800 for a week"
+        )
+    return seconds
+
+
 # -- notifications ([bkci] notify_*) -------------------------------------------------------
 
 _TRUE = frozenset({"true", "t", "1", "yes", "on"})

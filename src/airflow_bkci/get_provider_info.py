@@ -295,6 +295,27 @@ OPTIONS: dict[str, dict[str, Any]] = {
         "86400",
         "3600",
     ),
+    "dashboard_pipelines": _option(
+        "Comma-separated DAG ids the dashboard's wall (/bkci/ui/wall) shows, in this order, "
+        "when its URL names neither pipelines nor a tag. Empty: [bkci] dashboard_tag decides.",
+        "string",
+        "",
+        "etl,deploy,nightly_report",
+    ),
+    "dashboard_tag": _option(
+        "A DAG tag: when neither the wall's URL nor [bkci] dashboard_pipelines names pipelines, "
+        "the wall shows the DAGs with this tag. Empty: every pipeline the viewer may read.",
+        "string",
+        "",
+        "team-x",
+    ),
+    "dashboard_window": _option(
+        "Seconds of builds (by when they were due) the wall's success rate and duration "
+        "percentiles cover when the URL gives no window; at most 366 days.",
+        "integer",
+        "604800",
+        "86400",
+    ),
 }
 
 

@@ -148,12 +148,13 @@ def create_app(
         metrics,
         pipelines,
     )
+    from airflow_bkci.dashboard.routes import install as install_dashboard
 
     app = FastAPI(
         title="BK-CI build status",
         description="Ingest of worker records, build status and batch cancel for airflow-bkci; "
         "read-only queries of pipelines, builds, change sets, history, metrics and delivery "
-        "health (docs/query-api.md).",
+        "health (docs/query-api.md); the dashboard's pages (/ui/) and data (/v1/dashboard/).",
         lifespan=_lifespan(dispatcher_factory),
     )
     app.state.bkci_dispatcher = None
@@ -168,4 +169,5 @@ def create_app(
     app.include_router(live.router)
     for query in (pipelines, builds, metrics, delivery):
         app.include_router(query.router)
+    install_dashboard(app)
     return app

@@ -6,6 +6,7 @@ from typing import Any
 
 from airflow.plugins_manager import AirflowPlugin
 
+from airflow_bkci.dashboard import MOUNT_PREFIX
 from airflow_bkci.listeners.server import ServerListener
 from airflow_bkci.listeners.task_start import TaskStartMiddleware
 from airflow_bkci.listeners.worker import WorkerListener
@@ -28,7 +29,7 @@ class _FastApiApps:
             from airflow_bkci.api.app import create_app
 
             self._apps = [
-                {"app": create_app(), "url_prefix": "/bkci", "name": "BK-CI build status"}
+                {"app": create_app(), "url_prefix": MOUNT_PREFIX, "name": "BK-CI build status"}
             ]
         return self._apps
 
@@ -42,4 +43,14 @@ class BkciPlugin(AirflowPlugin):
     # Sees the execution API's task-run calls: a start is recorded when Airflow records it.
     fastapi_root_middlewares = [
         {"middleware": TaskStartMiddleware, "args": [], "kwargs": {}, "name": "bkci task starts"}
+    ]
+    # The dashboard in Airflow's navigation; Airflow shows the page in an iframe.
+    external_views = [
+        {
+            "name": "BK-CI",
+            "href": f"{MOUNT_PREFIX}/ui/wall",
+            "url_route": "bkci",
+            "nav_top_level": True,
+            "icon": f"{MOUNT_PREFIX}/ui/static/bkci.svg",
+        }
     ]

@@ -142,14 +142,14 @@ def _summary(row: Any) -> dict[str, Any]:
         "run_id": row["run_id"],
         "build_num": row["build_num"],
         "status": row["status"],
-        "run_after": _iso(row["run_after"]),
-        "started_at": _iso(row["started_at"]),
-        "ended_at": _iso(row["ended_at"]),
-        "updated_at": _iso(row["updated_at"]),
+        "run_after": iso(row["run_after"]),
+        "started_at": iso(row["started_at"]),
+        "ended_at": iso(row["ended_at"]),
+        "updated_at": iso(row["updated_at"]),
     }
 
 
-def _iso(value: datetime | None) -> str | None:
+def iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
@@ -212,7 +212,7 @@ class BuildFilter:
 BuildKey = tuple[datetime, int]
 """Where a build sorts in its pipeline: (run_after, build_num), unique per pipeline."""
 
-_LISTED = (
+SUMMARY_COLUMNS = (
     B.build_id,
     B.dag_id,
     B.run_id,
@@ -247,7 +247,7 @@ def pipelines(conn: Connection, dag_ids: Sequence[str]) -> list[dict[str, Any]]:
         .scalar_subquery()
     )
     stmt = (
-        select(P.dag_id.label("pipeline_id"), P.last_build_num, P.created_at, *_LISTED)
+        select(P.dag_id.label("pipeline_id"), P.last_build_num, P.created_at, *SUMMARY_COLUMNS)
         .select_from(P)
         .outerjoin(B, B.build_id == newest)
         .where(P.dag_id.in_(list(dag_ids)))
@@ -257,8 +257,8 @@ def pipelines(conn: Connection, dag_ids: Sequence[str]) -> list[dict[str, Any]]:
         {
             "pipeline_id": row.pipeline_id,
             "builds": int(row.last_build_num),
-            "created_at": _iso(row.created_at),
-            "latest_build": _listed(row._mapping) if row.build_id is not None else None,
+            "created_at": iso(row.created_at),
+            "latest_build": build_summary(row._mapping) if row.build_id is not None else None,
         }
         for row in conn.execute(stmt)
     ]
@@ -272,7 +272,7 @@ def build_page(
     Keyset pagination on (run_after, build_num): a page starts where the last
     one ended whatever was added meanwhile, so a build is never listed twice.
     """
-    stmt = select(*_LISTED).where(B.dag_id == dag_id)
+    stmt = select(*SUMMARY_COLUMNS).where(B.dag_id == dag_id)
     if flt.statuses:
         stmt = stmt.where(B.status.in_([s.value for s in flt.statuses]))
     if flt.trigger_types:
@@ -289,7 +289,7 @@ def build_page(
         run_after = bindparam("after_run_after", after[0], type_=B.run_after.type)
         stmt = stmt.where(tuple_(B.run_after, B.build_num) < tuple_(run_after, after[1]))
     stmt = stmt.order_by(B.run_after.desc(), B.build_num.desc()).limit(limit)
-    return [_listed(row._mapping) for row in conn.execute(stmt)]
+    return [build_summary(row._mapping) for row in conn.execute(stmt)]
 
 
 _JSON_NUMBER = re.compile(r"-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][+-]?\d+)?")
@@ -375,14 +375,14 @@ def node_known(conn: Connection, build_id: str, node_id: str) -> bool:
     return bool(conn.execute(select(now | before)).scalar())
 
 
-def _listed(row: Any) -> dict[str, Any]:
+def build_summary(row: Any) -> dict[str, Any]:
     """A build as the query API lists it: the summary plus its filters and queue time."""
     summary = _summary(row)
     started, ended = row["started_at"], row["ended_at"]
     summary.update(
         trigger_type=row["trigger_type"],
         triggering_user=row["triggering_user"],
-        queued_at=_iso(row["queued_at"]),
+        queued_at=iso(row["queued_at"]),
         duration_ms=(
             max(0, int((ended - started).total_seconds() * 1000)) if started and ended else None
         ),

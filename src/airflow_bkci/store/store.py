@@ -18,7 +18,7 @@ from airflow_bkci.forksafe import sqlite_section
 from airflow_bkci.model.event import StatusEvent, utcnow
 from airflow_bkci.model.fsm import NodeState
 from airflow_bkci.model.status import BuildStatus
-from airflow_bkci.store import metrics, migrate, queries
+from airflow_bkci.store import dashboard, metrics, migrate, queries
 from airflow_bkci.store.apply import apply_events
 from airflow_bkci.store.engine import WRITE_OPTION, create_store_engine
 from airflow_bkci.store.queries import BuildFilter, BuildKey
@@ -178,6 +178,27 @@ class Store:
         """Outcomes, durations, queue times and failing tasks of builds due in the window."""
         with self._read() as conn:
             return metrics.pipeline_metrics(conn, dag_id, since, until, top)
+
+    # -- the dashboard ----------------------------------------------------------
+
+    def wall_tiles(
+        self, dag_ids: Sequence[str], since: datetime, until: datetime, trend: int
+    ) -> dict[str, dashboard.Tile]:
+        """A wall tile of each pipeline the store knows among ``dag_ids``."""
+        with self._read() as conn:
+            return dashboard.wall_tiles(conn, dag_ids, since, until, trend)
+
+    def pipeline_series(
+        self, dag_id: str, since: datetime, until: datetime, bucket: dashboard.Bucket
+    ) -> list[dict[str, Any]]:
+        """The pipeline's outcomes and durations per bucket of ``[since, until)``."""
+        with self._read() as conn:
+            return dashboard.pipeline_series(conn, dag_id, since, until, bucket)
+
+    def build_transitions(self, build_id: str, limit: int) -> list[Transition]:
+        """Every node's transitions of the build, newest first."""
+        with self._read() as conn:
+            return dashboard.build_transitions(conn, build_id, limit)
 
     def node_states(self, build_id: str) -> dict[str, NodeState]:
         with self._read() as conn:
