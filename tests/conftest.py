@@ -6,6 +6,7 @@ import os
 
 from hypothesis import HealthCheck, settings
 
+from tests.browser import browser  # noqa: F401 - a fixture for every test
 from tests.databases import pg_server  # noqa: F401 - a fixture for every test
 from tests.webhook import receivers  # noqa: F401 - a fixture for every test
 

@@ -58,10 +58,11 @@ def _require(variable: str, default: str, probe: Callable[[str], str | None], ad
     problem = _checked[url]
     if problem is None:
         return url
-    _unavailable(advice.format(url=url, problem=problem))
+    unavailable(advice.format(url=url, problem=problem))
 
 
-def _unavailable(message: str) -> NoReturn:
+def unavailable(message: str) -> NoReturn:
+    """Skip the test with ``message``; on CI (CI=true) fail it instead."""
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(message, pytrace=False)
     pytest.skip(message)
