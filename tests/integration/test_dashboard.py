@@ -162,6 +162,74 @@ def test_the_page_is_in_airflow_navigation_and_loads_for_a_signed_in_user(
     page.screenshot(path=artifacts_dir() / "dashboard-in-airflow.png")
 
 
+def test_a_bookmarked_build_page_in_airflow_links_into_airflows_own_pages(
+    sessions: Any, stack: AirflowStack, example_runs_sqlite: ExampleRuns
+) -> None:
+    run_id, _ = example_runs_sqlite["bkci_stages"]
+    page = sessions().open(f"/plugin/bkci/bkci/ui/builds/{build_id_for('bkci_stages', run_id)}")
+    frame = page.frame_locator("iframe[title='BK-CI']")
+    wait_status(frame, "[data-testid=build-status]", "SUCCEED")  # type: ignore[arg-type]
+    frame.locator("[data-testid=airflow-log-link]").first.click()
+    # Airflow itself shows the task's page (and log), not a page inside our frame.
+    page.wait_for_url("**/dags/bkci_stages/runs/**/tasks/**")
+    page.locator("iframe[title='BK-CI']").wait_for(state="detached", timeout=15_000)
+
+
+def test_the_wall_reads_across_a_room_and_folds_to_one_column_on_a_phone(
+    sessions: Any, browser: Browser, stack: AirflowStack, example_runs_sqlite: ExampleRuns
+) -> None:
+    pipelines = ",".join(sorted(example_runs_sqlite))
+    wall = sessions().open(f"/bkci/ui/wall?pipelines={pipelines}")
+    wall.locator("[data-testid=tile-status]").first.wait_for(timeout=30_000)
+    status_px = wall.locator("[data-testid=tile-status]").first.evaluate(
+        "(e) => parseFloat(getComputedStyle(e).fontSize)"
+    )
+    assert status_px >= 20, "a status readable from across a room at 1920x1080"
+    columns = {round(b["x"]) for b in boxes(wall)}
+    assert len(columns) >= 3, "a grid of tiles on a wall screen"
+
+    phone = sessions()
+    phone.context.close()
+    phone.context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True)
+    phone.set_token(user_token(stack, "admin", "admin"))
+    small = phone.open(f"/bkci/ui/wall?pipelines={pipelines}")
+    small.locator("[data-testid=tile-status]").first.wait_for(timeout=30_000)
+    assert len({round(b["x"]) for b in boxes(small)}) == 1, "one column"
+    assert small.evaluate("document.documentElement.scrollWidth <= window.innerWidth"), (
+        "nothing wider than the phone"
+    )
+    small.screenshot(path=artifacts_dir() / "dashboard-wall-phone.png", full_page=True)
+
+
+def boxes(page: Page) -> list[dict[str, float]]:
+    tiles = page.locator("[data-testid=tile]")
+    return [tiles.nth(i).bounding_box() or {} for i in range(tiles.count())]  # type: ignore[misc]
+
+
+def test_the_history_view_lists_the_stores_builds_with_charts(
+    sessions: Any, stack: AirflowStack, store: Store, example_runs_sqlite: ExampleRuns
+) -> None:
+    page = sessions().open("/bkci/ui/pipelines/bkci_failure")
+    page.locator("[data-testid=build-row]").first.wait_for(timeout=30_000)
+    with store.engine.connect() as conn:
+        stored = {
+            row.build_id: row.status
+            for row in conn.execute(
+                select(Build.build_id, Build.status).where(Build.dag_id == "bkci_failure")
+            )
+        }
+    rows = page.locator("[data-testid=build-row]")
+    shown = {
+        rows.nth(i).get_attribute("data-build-id"): rows.nth(i).get_attribute("data-status")
+        for i in range(rows.count())
+    }
+    assert shown == stored
+    for chart in ("chart-success-rate", "chart-durations"):
+        svg = page.locator(f"svg[data-testid={chart}]")
+        svg.wait_for(timeout=30_000)
+        assert svg.locator("title").count() >= 1, f"{chart} has text for screen readers"
+
+
 def test_wall_tiles_match_the_store(
     sessions: Any, stack: AirflowStack, store: Store, example_runs_sqlite: ExampleRuns
 ) -> None:
