@@ -89,10 +89,12 @@ def page(browser: Browser, server: ThreadingHTTPServer) -> Iterator[Page]:
     assert not errors, errors
 
 
-def changed(seq: int, *ops: dict[str, Any], build: str = BUILD) -> dict[str, Any]:
+def changed(
+    seq: int, *ops: dict[str, Any], build: str = BUILD, event_id: str | None = None
+) -> dict[str, Any]:
     return {
         "specversion": "1.0",
-        "id": f"{build}:{seq}:changed",
+        "id": event_id or f"{build}:{seq}:changed",
         "type": "dev.airflow-bkci.build.changed",
         "subject": build,
         "data": {"pipeline_id": "etl", "build_id": build, "sequence": seq, "patch": list(ops)},
@@ -130,6 +132,12 @@ START = {"op": "add", "path": "", "value": {"id": BUILD, "status": "QUEUE", "sta
 def test_change_sets_apply_in_sequence_once_each(page: Page) -> None:
     feed(page, changed(1, START), changed(2, status("RUNNING")), changed(2, status("RUNNING")))
     feed(page, changed(1, START))  # a resend after a reconnect
+    # the same change set again under a new event id: its sequence is already applied
+    feed(
+        page,
+        changed(1, START, event_id="resent-1"),
+        changed(2, status("QUEUE"), event_id="resent-2"),
+    )
     assert held(page) == {"seq": 2, "doc": {"id": BUILD, "status": "RUNNING", "stages": {}}}
     assert page.evaluate("window.changes.length") == 2, "a duplicate is not shown twice"
 
@@ -179,3 +187,137 @@ def test_frames_it_cannot_use_are_ignored(page: Page, frame: str) -> None:
     feed(page, changed(1, START))
     page.evaluate("(text) => window.feed.receive(text)", frame)
     assert held(page) == {"seq": 1, "doc": START["value"]}
+
+
+# A LiveFeed whose socket is stubbed: `sent` is what the server receives, and `answer`
+# (set per test) is what the server replies to a subscribe.
+STUBBED_FEED = """async () => {
+  const {LiveFeed} = await import('/bkci/ui/static/live.js');
+  window.sent = [];
+  window.refused = [];
+  const f = new LiveFeed('/bkci', {onRefused: (kind, ids) => window.refused.push([kind, ids])});
+  f.isOpen = () => true;
+  f.send = (message) => {
+    window.sent.push(message);
+    const reply = message.op === 'subscribe' && window.sent.length < 50 && window.answer(message);
+    if (reply) f.receive(JSON.stringify(reply));
+  };
+  window.stubbed = f;
+}"""
+
+
+def subscribes(page: Page) -> list[dict[str, Any]]:
+    return page.evaluate(  # type: ignore[no-any-return]
+        "() => window.sent.filter((m) => m.op === 'subscribe')"
+    )
+
+
+def test_a_forbidden_pipeline_forgets_its_builds_and_subscribes_once_without_it(
+    page: Page,
+) -> None:
+    page.evaluate(STUBBED_FEED)
+    page.evaluate(
+        """() => {
+          // the server: etl (or any build of it) may no longer be read
+          window.answer = (m) => m.pipelines.includes('etl') || 'b-1' in m.builds
+            ? {op: 'error', code: 'forbidden', pipelines: ['etl']} : {op: 'subscribed'};
+          const f = window.stubbed;
+          f.seed('b-1', {id: 'b-1', pipeline_id: 'etl', status: 'RUNNING'}, 17, 'etl');
+          f.seed('b-2', {id: 'b-2', pipeline_id: 'ops', status: 'RUNNING', build_num: 8}, 4, 'ops');
+          f.pipelines.add('etl');
+          f.pipelines.add('ops');
+          f.subscribeAll();
+        }"""
+    )
+    sent = subscribes(page)
+    assert len(sent) == 2, "one subscribe, then at most one without what was refused"
+    assert sent[1] == {"op": "subscribe", "pipelines": ["ops"], "builds": {"b-2": 4}}
+    assert page.evaluate("window.stubbed.doc('b-1')") is None
+    # the build page is told, so it says "you may no longer read build b-1"
+    assert page.evaluate("window.refused") == [
+        ["forbidden", {"pipelines": ["etl"], "builds": ["b-1"]}]
+    ]
+
+
+def test_too_many_with_nothing_left_to_drop_stops_subscribing(page: Page) -> None:
+    page.evaluate(STUBBED_FEED)
+    page.evaluate(
+        """() => {
+          window.answer = () => ({op: 'error', code: 'too_many'});
+          const f = window.stubbed;
+          f.seed('b-1', {id: 'b-1', pipeline_id: 'etl', status: 'SUCCEED'}, 17, 'etl');
+          f.pipelines.add('etl');
+          f.subscribeAll();
+        }"""
+    )
+    sent = subscribes(page)
+    # the held build is dropped and asked without once; then there is nothing left to drop
+    assert [m["builds"] for m in sent] == [{"b-1": 17}, {}]
+    assert page.evaluate("window.refused") == [["too_many", {"pipelines": [], "builds": []}]]
+
+
+def test_following_a_new_pipeline_names_its_held_builds(page: Page) -> None:
+    page.evaluate(STUBBED_FEED)
+    page.evaluate(
+        """() => {
+          window.answer = () => ({op: 'subscribed'});
+          const f = window.stubbed;
+          f.seed('b-1', {id: 'b-1', pipeline_id: 'etl', status: 'RUNNING'}, 17, 'etl');
+          f.seed('b-9', {id: 'b-9', pipeline_id: 'ops', status: 'RUNNING', build_num: 1}, 2, 'ops');
+          f.follow({pipelines: ['etl']});
+        }"""
+    )
+    # a build that ended between the REST read and this subscribe is sent from sequence 17 on
+    assert subscribes(page) == [{"op": "subscribe", "pipelines": ["etl"], "builds": {"b-1": 17}}]
+
+
+def test_a_reconnect_resubscribes_with_the_held_sequences_and_resyncs(page: Page) -> None:
+    page.evaluate(
+        """async () => {
+          window.sockets = [];
+          window.WebSocket = class {
+            static OPEN = 1;
+            constructor(url) {
+              this.url = url;
+              this.readyState = 0;
+              this.sent = [];
+              window.sockets.push(this);
+            }
+            send(text) { this.sent.push(JSON.parse(text)); }
+            close() { this.readyState = 3; }
+            open() {
+              this.readyState = 1;
+              this.onopen();
+            }
+            reply(frame) { this.onmessage({data: JSON.stringify(frame)}); }
+          };
+          const {LiveFeed} = await import('/bkci/ui/static/live.js');
+          window.resyncs = 0;
+          const f = new LiveFeed('/bkci', {onResync: () => (window.resyncs += 1)});
+          f.seed('b-1', {id: 'b-1', pipeline_id: 'etl', status: 'RUNNING', stages: {}}, 3, 'etl');
+          f.follow({pipelines: ['etl']});
+          f.start();
+          window.sockets[0].open();
+          window.sockets[0].reply({op: 'subscribed'});
+          window.live = f;
+        }"""
+    )
+    first = page.evaluate("window.sockets[0].sent")
+    assert first == [{"op": "subscribe", "pipelines": ["etl"], "builds": {"b-1": 3}}]
+    assert page.evaluate("window.resyncs") == 0, "the first time live is not a resync"
+    page.evaluate(
+        """(frame) => {
+          window.sockets[0].reply(frame);
+          window.sockets[0].onclose({code: 1006});
+        }""",
+        changed(4, status("SUCCEED"), build="b-1"),
+    )
+    page.wait_for_function("() => window.sockets.length === 2")  # after the backoff
+    page.evaluate("() => window.sockets[1].open()")
+    # the server sends what came after sequence 4, the one applied here
+    assert page.evaluate("window.sockets[1].sent") == [
+        {"op": "subscribe", "pipelines": ["etl"], "builds": {"b-1": 4}}
+    ]
+    page.evaluate("() => window.sockets[1].reply({op: 'subscribed'})")
+    assert page.evaluate("window.live.state") == "live"
+    assert page.evaluate("window.resyncs") == 1, "the view fetches what it missed"

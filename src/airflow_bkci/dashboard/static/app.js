@@ -84,6 +84,7 @@ function main() {
   let view = null;
   live = new LiveFeed(root, {
     onState: (state, detail) => {
+      if (state === "live") app.liveRefused = false;
       app.connection = {
         state,
         everLive: app.connection.everLive || state === "live",
@@ -97,7 +98,14 @@ function main() {
     },
     onChange: (id, entry, previous) => view?.onChange?.(id, entry, previous),
     retain: (id, entry) => (view?.retain ? view.retain(id, entry) : "keep"),
-    onRefused: (kind, ids) => view?.onRefused?.(kind, ids),
+    onRefused: (kind, ids) => {
+      if (kind === "too_many") {
+        app.liveRefused = true;
+        scheduleRender();
+      }
+      view?.onRefused?.(kind, ids);
+    },
+    onResync: () => view?.onResync?.(),
   });
 
   const where = route(location.pathname, root);

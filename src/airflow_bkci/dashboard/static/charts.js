@@ -15,7 +15,7 @@ export function Sparkline({ trend = [], width = 240, height = 48, testid = "tren
   const summary = builds.length
     ? `Last ${builds.length} builds: ${Object.entries(counts).map(([s, n]) => `${n} ${s}`).join(", ")}; ` +
       `longest ${fmtDuration(max)}`
-    : "No finished builds in the window";
+    : "No finished builds yet";
   const slot = width / Math.max(builds.length, 1);
   const bar = Math.max(1, slot * 0.7);
   return html`<svg class="sparkline" data-testid=${testid} viewBox=${`0 0 ${width} ${height}`}

@@ -52,7 +52,9 @@ export class LiveFeed {
    * onChange(buildId, entry, previousDocument): a build's document changed (entry: {doc, seq, pipeline}).
    * onState(state, detail): "connecting" | "live" | "disconnected"; detail.expired when the session ended.
    * onSessionExpired(): GET /v1/dashboard/me said 401 after the server closed with 4401.
-   * onRefused(kind, ids): the server refused pipelines or builds ("forbidden" | "not_found").
+   * onRefused(kind, ids): the server refused pipelines or builds ("forbidden" | "not_found"), or
+   *   the subscriptions ("too_many", when nothing is left to drop: the page stops updating live).
+   * onResync(): live again after a reconnect; builds that started and ended meanwhile were not sent.
    * retain(buildId, entry): after a change is shown, "keep" the document, "drop" it (a later
    *   event fetches it again) or "ignore" the build from now on.
    */
@@ -73,6 +75,7 @@ export class LiveFeed {
     this.pinger = null;
     this.lastHeard = 0;
     this.resyncHave = null;
+    this.everLive = false;
     this.expired = false;
     this.stopped = true;
     this.onOnline = () => {
@@ -108,6 +111,10 @@ export class LiveFeed {
     if (this.isOpen() && (newPipelines.length || newBuilds.length)) {
       const sequences = {};
       newBuilds.forEach((b) => (sequences[b] = this.builds.get(b)?.seq ?? null));
+      // Held builds of the new pipelines (seeded from REST): one that ended between that read and
+      // this subscribe gets its last changes only if named.
+      const added = new Set(newPipelines);
+      for (const [id, held] of this.builds) if (added.has(held.pipeline) && !(id in sequences)) sequences[id] = held.seq;
       this.send({ op: "subscribe", pipelines: newPipelines, builds: sequences });
     }
   }
@@ -255,9 +262,17 @@ export class LiveFeed {
   }
 
   becameLive() {
+    const again = this.everLive && this.state !== "live";
+    this.everLive = true;
     this.attempt = 0;
     this.resyncHave = null;
     this.setState("live");
+    if (again) this.h.onResync?.(); // what started and ended while disconnected is only in REST
+  }
+
+  /** How much is followed: pipelines, builds followed by id, builds held. */
+  followedSize() {
+    return this.pipelines.size + this.wanted.size + this.builds.size;
   }
 
   /** Subscribe to everything followed, with the sequence held of each build (resync). */
@@ -332,13 +347,20 @@ export class LiveFeed {
       // A subscribe is all or nothing: subscribe again without what was refused.
       const pipelines = idsOf(frame.pipelines);
       const builds = idsOf(frame.builds);
+      const before = this.followedSize();
       pipelines.forEach((p) => this.pipelines.delete(p));
+      if (code === "forbidden" && pipelines.length) {
+        // The server names only the pipelines: the builds of them held or followed go too.
+        const refused = new Set(pipelines);
+        for (const [id, held] of this.builds) if (refused.has(held.pipeline) && !builds.includes(id)) builds.push(id);
+      }
       builds.forEach((b) => {
         this.wanted.delete(b);
         this.forget(b);
       });
       this.h.onRefused?.(code, { pipelines, builds });
-      if (pipelines.length || builds.length) this.subscribeAll();
+      // Asking again for the same would be refused again: only ask if it got smaller.
+      if (this.followedSize() < before) this.subscribeAll();
       return;
     }
     if (code === "sequence_beyond") {
@@ -348,8 +370,15 @@ export class LiveFeed {
       return;
     }
     if (code === "too_many") {
+      const before = this.builds.size;
       for (const id of [...this.builds.keys()]) if (!this.wanted.has(id)) this.forget(id, { ignore: false });
-      this.subscribeAll();
+      if (this.builds.size < before) {
+        this.subscribeAll();
+        return;
+      }
+      // Nothing left to drop: the same subscribe would be refused again.
+      console.warn("bkci live: the server refused the subscriptions (too many); live updates stop", frame);
+      this.h.onRefused?.(code, { pipelines: [], builds: [] });
       return;
     }
     console.warn("bkci live: the server refused a request", frame);

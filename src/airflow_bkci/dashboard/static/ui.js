@@ -11,6 +11,7 @@ export const app = {
   connection: { state: "connecting", everLive: false, expired: false },
   sessionExpired: false,
   apiDown: false,
+  liveRefused: false, // the server refused the live subscriptions (too many)
   fatal: null, // a JS error: shown in the friendly box
 };
 
@@ -20,6 +21,7 @@ let mountPoint = null;
 let Root = null;
 let scheduled = false;
 let frameTimer = null;
+let frameRequest = null;
 let generation = 0;
 let renderNow = 0;
 let inFrame = false;
@@ -37,7 +39,7 @@ export function scheduleRender() {
   if (scheduled || !mountPoint) return;
   scheduled = true;
   // rAF does not run in a hidden tab; the timer keeps a background wall current (and bounded).
-  requestAnimationFrame(renderFrame);
+  frameRequest = requestAnimationFrame(renderFrame);
   frameTimer = setTimeout(renderFrame, document.hidden ? 100 : 250);
 }
 
@@ -46,7 +48,9 @@ let broken = false; // the renderer itself threw: the plain-DOM message stays
 function renderFrame() {
   if (!mountPoint || broken) return;
   scheduled = false;
-  clearTimeout(frameTimer);
+  clearTimeout(frameTimer); // whichever came first: the other one is not left pending
+  cancelAnimationFrame(frameRequest);
+  frameTimer = frameRequest = null;
   generation += 1;
   renderNow = Date.now();
   inFrame = true;
@@ -161,6 +165,9 @@ export function ErrorBox({ messages = [] }) {
     });
   }
   if (app.apiDown && !app.sessionExpired) all.push({ key: "down", text: "API unreachable, retrying…" });
+  if (app.liveRefused && !app.sessionExpired) {
+    all.push({ key: "live", text: "The server refused live updates for this many pipelines and builds: this page no longer updates by itself. Show fewer pipelines, or reload the page." });
+  }
   for (const m of messages) if (m) all.push(typeof m === "string" ? { key: m, text: m } : m);
   if (app.fatal) {
     all.push({

@@ -104,6 +104,30 @@ export function startHistory({ live, params, render }, dagId) {
     }
   }
 
+  /** Live again after a reconnect: the first page again, for builds that started and ended meanwhile. */
+  async function onResync() {
+    if (state.loading || state.error) return;
+    try {
+      const page = await getJSON(`/v1/pipelines/${encodeURIComponent(dagId)}/builds`, { ...query, limit: PAGE }, { what });
+      const old = state.byId;
+      state.rows = [];
+      state.byId = new Map();
+      state.capped = false;
+      // A row the live feed moved past what this page says keeps its newer state.
+      addRows((page.builds || []).map((b) => {
+        const row = old.get(b.id);
+        return row && typeof row.sequence === "number" && !(b.sequence >= row.sequence) ? row : b;
+      }));
+      for (const id of [...state.selected]) if (!isCancelable(state.byId.get(id)?.status)) state.selected.delete(id);
+      state.cursor = page.next_cursor || null;
+      state.more = Boolean(page.next_cursor);
+      state.moreError = null;
+    } catch {
+      // the rows stay as they are; the live feed goes on
+    }
+    render();
+  }
+
   async function loadMore() {
     if (!state.cursor || state.loadingMore) return;
     state.loadingMore = true;
@@ -386,5 +410,5 @@ export function startHistory({ live, params, render }, dagId) {
   }
 
   load();
-  return { View, onChange, retain };
+  return { View, onChange, retain, onResync };
 }

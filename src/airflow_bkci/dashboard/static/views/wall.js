@@ -5,7 +5,7 @@ import { Sparkline } from "../charts.js";
 import { isFinished, isUnfinished, statusLook } from "../status.js";
 import {
   Page, StatusBadge, app, buildDuration, buildUrl, fmtAgo, fmtDuration, fmtRate, html,
-  orderedStages, ourUrl, pipelineUrl, stamp,
+  orderedStages, ourUrl, parseTime, pipelineUrl, stamp,
 } from "../ui.js";
 
 const UNITS = { s: 1, m: 60, h: 3600, d: 86400, w: 604800 };
@@ -18,11 +18,33 @@ export function windowSeconds(text) {
   return Math.round(Number(m[1]) * UNITS[(m[2] || "s").toLowerCase()]);
 }
 
+/** The window the server answered for, in seconds; null before the answer. */
+function answerSeconds(window) {
+  const since = parseTime(window?.since);
+  const until = parseTime(window?.until);
+  return since === null || until === null ? null : Math.round((until - since) / 1000);
+}
+
+/** Seconds as the picker's `window` value ("7d", "12h", "5400"). */
+function windowText(seconds) {
+  if (seconds % 86400 === 0) return `${seconds / 86400}d`;
+  return seconds % 3600 === 0 ? `${seconds / 3600}h` : String(seconds);
+}
+
 function windowLabel(seconds) {
-  if (!seconds) return "last 7 days";
+  if (!seconds) return null;
   if (seconds % 86400 === 0) return seconds === 86400 ? "last 24 hours" : `last ${seconds / 86400} days`;
   if (seconds % 3600 === 0) return `last ${seconds / 3600} hours`;
   return `last ${Math.round(seconds / 60)} minutes`;
+}
+
+/** Whether build `a` (summary or document) is later than `b` as the server picks a tile's latest: run_after, then build_num. */
+function isLater(a, b) {
+  if (!b) return true;
+  const at = parseTime(a.run_after);
+  const bt = parseTime(b.run_after);
+  if (at !== null && bt !== null && at !== bt) return at > bt;
+  return (a.build_num ?? -1) > (b.build_num ?? -1);
 }
 
 function summaryFromDoc(doc) {
@@ -51,6 +73,7 @@ export function startWall({ live, params, render }) {
     loading: true,
     error: null,
     source: null,
+    window: null, // the answer's {since, until}
     tiles: new Map(), // dag id -> tile (the answer's, with latestId)
     order: [],
     missing: [],
@@ -74,6 +97,9 @@ export function startWall({ live, params, render }) {
     try {
       const answer = await getJSON("/v1/dashboard/wall", apiParams, { what: "the wall" });
       state.source = answer.source;
+      state.window = answer.window || null;
+      const seconds = answerSeconds(state.window);
+      if (!windowParam && seconds) state.picker.window = windowText(seconds); // the server's configured window
       state.missing = answer.missing || [];
       for (const tile of answer.tiles || []) state.tiles.set(tile.dag_id, adopt(tile));
       state.order = (answer.tiles || []).map((t) => t.dag_id);
@@ -94,24 +120,40 @@ export function startWall({ live, params, render }) {
       try {
         const answer = await getJSON("/v1/dashboard/wall", { pipelines: dagId, window: window_, trend: apiParams.trend }, { what: `pipeline ${dagId}` });
         const fresh = (answer.tiles || []).find((t) => t.dag_id === dagId);
-        const tile = state.tiles.get(dagId);
-        if (!fresh || !tile) return;
-        tile.stats = fresh.stats || tile.stats;
-        tile.trend = (fresh.trend || []).slice(-100);
-        tile.last_failure = fresh.last_failure || null;
-        tile.owners = fresh.owners || tile.owners;
-        const freshNum = fresh.latest?.build_num ?? -1;
-        const ourNum = currentDoc(tile)?.build_num ?? tile.latest?.build_num ?? -1;
-        if (fresh.latest && (freshNum > ourNum || fresh.latest.id === tile.latestId)) {
-          if (fresh.latest_document) live.seed(fresh.latest.id, fresh.latest_document, fresh.latest_document.sequence ?? 0, dagId);
-          if (fresh.latest.id !== tile.latestId) tile.latest = fresh.latest;
-          tile.latestId = fresh.latest.id;
-        }
+        if (fresh) takeFresh(fresh);
         render();
       } catch {
         // the tile keeps its numbers; the next finished build tries again
       }
     }, 400));
+  }
+
+  /** A tile's numbers from a newer answer, and its latest build if that one is later than ours. */
+  function takeFresh(fresh) {
+    const tile = state.tiles.get(fresh.dag_id);
+    if (!tile) return;
+    tile.stats = fresh.stats || tile.stats;
+    tile.trend = (fresh.trend || []).slice(-100);
+    tile.last_failure = fresh.last_failure || null;
+    tile.owners = fresh.owners || tile.owners;
+    if (fresh.latest && (isLater(fresh.latest, currentDoc(tile) || tile.latest) || fresh.latest.id === tile.latestId)) {
+      if (fresh.latest_document) live.seed(fresh.latest.id, fresh.latest_document, fresh.latest_document.sequence ?? 0, fresh.dag_id);
+      if (fresh.latest.id !== tile.latestId) tile.latest = fresh.latest;
+      tile.latestId = fresh.latest.id;
+    }
+  }
+
+  /** Live again after a reconnect: builds that started and ended meanwhile are only in the wall's answer. */
+  async function onResync() {
+    if (state.loading || state.error) return;
+    try {
+      const answer = await getJSON("/v1/dashboard/wall", apiParams, { what: "the wall" });
+      state.window = answer.window || state.window;
+      for (const fresh of answer.tiles || []) takeFresh(fresh);
+      render();
+    } catch {
+      // the tiles keep what they show; the live feed goes on
+    }
   }
 
   function currentDoc(tile) {
@@ -122,8 +164,7 @@ export function startWall({ live, params, render }) {
     const doc = entry.doc || {};
     const tile = state.tiles.get(entry.pipeline || doc.pipeline_id);
     if (!tile) return;
-    const ourNum = currentDoc(tile)?.build_num ?? tile.latest?.build_num;
-    if (buildId !== tile.latestId && typeof doc.build_num === "number" && (ourNum == null || doc.build_num > ourNum)) {
+    if (buildId !== tile.latestId && typeof doc.build_num === "number" && isLater(doc, currentDoc(tile) || tile.latest)) {
       const old = tile.latestId;
       tile.latestId = buildId; // a newer build of the pipeline is now the one shown
       if (old && !isUnfinished(live.doc(old)?.status)) live.forget(old);
@@ -170,7 +211,7 @@ export function startWall({ live, params, render }) {
   }
 
   function go(query) {
-    const next = { ...query, window: state.picker.window && state.picker.window !== "7d" ? state.picker.window : null, kiosk: kiosk ? "1" : null };
+    const next = { ...query, window: state.picker.window || null, kiosk: kiosk ? "1" : null };
     location.assign(ourUrl("/wall", next)); // a real navigation: bookmarkable, and Airflow mirrors it
   }
 
@@ -253,7 +294,7 @@ export function startWall({ live, params, render }) {
           ? html`<span class="lf-icon" aria-hidden="true">✗</span> last failure <a href=${buildUrl(failure.build_id)}>#${failure.build_num}</a>
               ${" "}${fmtAgo(failure.ended_at)}${failure.task ? ` in ${failure.task}` : ""}
               ${(failure.owners || []).length ? html` · owner <b>${failure.owners.join(", ")}</b>` : null}`
-          : html`<span class="muted">no failure in the window</span>`}
+          : html`<span class="muted">no failure recorded</span>`}
       </div>
     </article>`;
   }
@@ -271,7 +312,7 @@ export function startWall({ live, params, render }) {
     return html`<section class="picker" aria-label="Choose pipelines" data-testid="picker">
       <div class="picker-row">
         <label>Window <select value=${p.window} onChange=${(e) => { p.window = e.target.value; render(); }}>
-          ${["24h", "3d", "7d", "14d", "30d", "90d"].map((w) => html`<option value=${w}>${w}</option>`)}
+          ${[...new Set(["24h", "3d", "7d", "14d", "30d", "90d", p.window])].map((w) => html`<option value=${w}>${w}</option>`)}
         </select></label>
         <label>Tag <input list="bkci-tags" value=${p.tag} placeholder="team-x"
           onInput=${(e) => { p.tag = e.target.value; render(); }} /></label>
@@ -313,7 +354,7 @@ export function startWall({ live, params, render }) {
 
   function View() {
     const subtitle = [
-      windowLabel(window_),
+      windowLabel(answerSeconds(state.window) ?? window_),
       pipelinesParam.length ? `${pipelinesParam.length} chosen` : tag ? `tag ${tag}` : state.source === "config" || state.source === "config_tag" ? "configured set" : null,
     ].filter(Boolean).join(" · ");
     const actions = html`
@@ -332,5 +373,5 @@ export function startWall({ live, params, render }) {
   }
 
   load();
-  return { View, onChange, retain, onRefused };
+  return { View, onChange, retain, onRefused, onResync };
 }
