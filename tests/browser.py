@@ -55,9 +55,14 @@ def artifacts_dir() -> Path:
     return folder
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    """One headless Chromium for the session; each test opens its own context."""
+    """One headless Chromium per test module; each test opens its own context.
+
+    Not per session: Playwright's sync API keeps an asyncio loop running in the
+    main thread until it stops, and every later ``asyncio.run`` (other modules'
+    tests) would fail while it runs.
+    """
     executable = chromium_path()
     try:
         from playwright.sync_api import sync_playwright
