@@ -10,7 +10,7 @@ from fastapi import APIRouter, Path, Query
 from airflow_bkci.api.errors import STATUS_STORE, blocking
 from airflow_bkci.api.query_schemas import ForbiddenAnswer, ProblemAnswer
 from airflow_bkci.api.query_support import check_readable
-from airflow_bkci.api.routes.builds import unknown_build
+from airflow_bkci.api.routes.builds import transition_answer, unknown_build
 from airflow_bkci.api.security import Caller
 from airflow_bkci.dashboard.access import AuthManager, Store, editable_among
 from airflow_bkci.dashboard.pipeline import pipeline_links
@@ -96,19 +96,4 @@ async def transitions(
 
 
 def _row(t: Transition) -> dict[str, Any]:
-    return {
-        "node": t.node_id,
-        "from": t.from_status,
-        "to": t.to_status,
-        "from_status": t.from_status,
-        "to_status": t.to_status,
-        "airflow_state": t.airflow_state,
-        "detail": t.detail,
-        "clear_number": t.clear_number,
-        "try_number": t.try_number,
-        "at": t.at.isoformat(),
-        "recorded_at": t.recorded_at.isoformat(),
-        "source": t.source,
-        "decision": t.decision.value,
-        "stale": t.stale,
-    }
+    return {"node": t.node_id, "from": t.from_status, "to": t.to_status, **transition_answer(t)}

@@ -33,13 +33,13 @@ from sqlalchemy import (
 )
 
 from airflow_bkci.model.event import BUILD_NODE
-from airflow_bkci.model.fsm import Decision, NodeState
+from airflow_bkci.model.fsm import NodeState
 from airflow_bkci.model.status import BuildStatus
 from airflow_bkci.model.tree import build_document
 from airflow_bkci.notify.root_cause import root_causes
 from airflow_bkci.stats import percentile
 from airflow_bkci.store.metrics import FINAL_STATUSES
-from airflow_bkci.store.queries import SUMMARY_COLUMNS, build_summary, iso
+from airflow_bkci.store.queries import SUMMARY_COLUMNS, build_summary, iso, transition_of
 from airflow_bkci.store.results import Transition
 from airflow_bkci.store.tables import BuildRow, NodeRow, PipelineRow, TransitionRow
 
@@ -353,28 +353,7 @@ def build_transitions(conn: Connection, build_id: str, limit: int) -> list[Trans
     previous: dict[str, BuildStatus] = {}
     for row in conn.execute(stmt).mappings():
         status = BuildStatus(row["to_status"])
-        found.append(
-            (
-                Transition(
-                    build_id=row["build_id"],
-                    node_id=row["node_id"],
-                    from_status=previous.get(row["node_id"]),
-                    to_status=status,
-                    airflow_state=row["airflow_state"],
-                    detail=row["detail"] or None,
-                    clear_number=row["clear_number"],
-                    try_number=row["try_number"],
-                    rank=row["rank"],
-                    at=row["at"],
-                    recorded_at=row["recorded_at"],
-                    source=row["source"],
-                    seq=row["seq"],
-                    decision=Decision(row["decision"]),
-                    stale=bool(row["stale"]),
-                ),
-                row["id"],
-            )
-        )
+        found.append((transition_of(row, previous.get(row["node_id"])), row["id"]))
         previous[row["node_id"]] = status
     found.sort(key=lambda item: (item[0].at, item[0].recorded_at, item[1]), reverse=True)
     return [t for t, _ in found[:limit]]

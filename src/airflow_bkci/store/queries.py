@@ -163,27 +163,30 @@ def history(conn: Connection, build_id: str, node_id: str) -> list[Transition]:
     previous: BuildStatus | None = None
     for row in conn.execute(stmt).mappings():
         status = BuildStatus(row["to_status"])
-        result.append(
-            Transition(
-                build_id=row["build_id"],
-                node_id=row["node_id"],
-                from_status=previous,
-                to_status=status,
-                airflow_state=row["airflow_state"],
-                detail=row["detail"] or None,
-                clear_number=row["clear_number"],
-                try_number=row["try_number"],
-                rank=row["rank"],
-                at=row["at"],
-                recorded_at=row["recorded_at"],
-                source=row["source"],
-                seq=row["seq"],
-                decision=Decision(row["decision"]),
-                stale=bool(row["stale"]),
-            )
-        )
+        result.append(transition_of(row, previous))
         previous = status
     return result
+
+
+def transition_of(row: Any, from_status: BuildStatus | None) -> Transition:
+    """A transition history row (mapping) as a :class:`Transition` from ``from_status``."""
+    return Transition(
+        build_id=row["build_id"],
+        node_id=row["node_id"],
+        from_status=from_status,
+        to_status=BuildStatus(row["to_status"]),
+        airflow_state=row["airflow_state"],
+        detail=row["detail"] or None,
+        clear_number=row["clear_number"],
+        try_number=row["try_number"],
+        rank=row["rank"],
+        at=row["at"],
+        recorded_at=row["recorded_at"],
+        source=row["source"],
+        seq=row["seq"],
+        decision=Decision(row["decision"]),
+        stale=bool(row["stale"]),
+    )
 
 
 def node_states(conn: Connection, build_id: str) -> dict[str, NodeState]:

@@ -37,6 +37,7 @@ from airflow_bkci.api.query_support import (
 from airflow_bkci.api.security import AuthManager, Caller
 from airflow_bkci.model.status import BuildStatus
 from airflow_bkci.store.queries import BuildFilter, BuildKey
+from airflow_bkci.store.results import Transition
 
 router = APIRouter(tags=["builds"])
 
@@ -318,20 +319,22 @@ async def get_history(
         "build_id": build_id,
         "pipeline_id": dag_id,
         "node_id": node,
-        "transitions": [
-            {
-                "from_status": t.from_status,
-                "to_status": t.to_status,
-                "airflow_state": t.airflow_state,
-                "detail": t.detail,
-                "clear_number": t.clear_number,
-                "try_number": t.try_number,
-                "at": t.at.isoformat(),
-                "recorded_at": t.recorded_at.isoformat(),
-                "source": t.source,
-                "decision": t.decision.value,
-                "stale": t.stale,
-            }
-            for t in transitions
-        ],
+        "transitions": [transition_answer(t) for t in transitions],
+    }
+
+
+def transition_answer(t: Transition) -> dict[str, Any]:
+    """One transition as the history routes answer it."""
+    return {
+        "from_status": t.from_status,
+        "to_status": t.to_status,
+        "airflow_state": t.airflow_state,
+        "detail": t.detail,
+        "clear_number": t.clear_number,
+        "try_number": t.try_number,
+        "at": t.at.isoformat(),
+        "recorded_at": t.recorded_at.isoformat(),
+        "source": t.source,
+        "decision": t.decision.value,
+        "stale": t.stale,
     }
