@@ -433,6 +433,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--skip-diff", action="store_true", help="skip diff.py")
     parser.add_argument("--skip-delivery", action="store_true", help="skip delivery.py")
     parser.add_argument("--skip-cancel", action="store_true", help="skip cancel.py (PostgreSQL)")
+    parser.add_argument(
+        "--skip-dashboard", action="store_true", help="skip dashboard.py (Chromium, 20+ min)"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the stacks' homes")
     args = parser.parse_args(argv)
     reps = args.reps or (2 if args.quick else 3)
@@ -462,6 +465,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         print("\nCANCEL: CancelService against the bulk PATCH on PostgreSQL (benchmarks/cancel.py)")
         cancel.main(["--reps", "1" if args.quick else "3", *(["--keep"] if args.keep else [])])
+    if not args.skip_dashboard:
+        import dashboard
+
+        print("\nDASHBOARD: wall first render and browser memory (benchmarks/dashboard.py)")
+        dashboard.main(
+            ["--minutes", "2" if args.quick else "20", *(["--keep"] if args.keep else [])]
+        )
     say(f"done in {time.monotonic() - t0:.0f} s")
     return 0
 

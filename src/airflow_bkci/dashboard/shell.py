@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import logging
+from functools import cache
+from html import escape
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from airflow_bkci import __version__
 from airflow_bkci.dashboard import MOUNT_PREFIX
 
-__all__ = ["CONFIG_MARKER", "page_config", "render_shell", "router"]
+__all__ = ["CONFIG_MARKER", "module_preloads", "page_config", "render_shell", "router"]
 
 log = logging.getLogger(__name__)
 
@@ -75,9 +77,29 @@ def config_script(config: dict[str, Any]) -> str:
     return f'<script id="bkci-config" type="application/json">{text}</script>'
 
 
-def render_shell(template: str, config: dict[str, Any]) -> str:
-    """``template`` with the marker replaced by the config script (before </head> without one)."""
-    script = config_script(config)
+@cache
+def _modules(static_dir: Path) -> tuple[str, ...]:
+    return tuple(sorted(p.relative_to(static_dir).as_posix() for p in static_dir.rglob("*.js")))
+
+
+def module_preloads(static_dir: Path, root: str) -> str:
+    """A ``modulepreload`` link for every script of the page.
+
+    Without them the browser finds the modules one import level at a time
+    (app, views, charts, vendor): four round trips before the first data call.
+    """
+    return "".join(
+        f'<link rel="modulepreload" href="{escape(f"{root}/ui/static/{name}")}">'
+        for name in _modules(static_dir)
+    )
+
+
+def render_shell(template: str, config: dict[str, Any], head: str = "") -> str:
+    """``template`` with the marker replaced by the config script (before </head> without one).
+
+    ``head`` is more markup for the head (the module preloads), after the config.
+    """
+    script = config_script(config) + head
     if CONFIG_MARKER in template:
         return template.replace(CONFIG_MARKER, script, 1)
     log.warning(
@@ -116,5 +138,9 @@ async def home(request: Request) -> RedirectResponse:
 @router.get("/ui/{page:path}", response_class=HTMLResponse)
 async def shell(request: Request, page: str) -> HTMLResponse:
     """The HTML shell for every page (wall, pipelines/…, builds/…, and unknown ones)."""
-    template = _template(request.app.state.bkci_static_dir)
-    return HTMLResponse(render_shell(template, page_config(request)), headers=_NO_STORE)
+    static_dir = request.app.state.bkci_static_dir
+    config = page_config(request)
+    page_html = render_shell(
+        _template(static_dir), config, module_preloads(static_dir, config["root"])
+    )
+    return HTMLResponse(page_html, headers=_NO_STORE)

@@ -193,10 +193,15 @@ def test_the_plugin_puts_the_wall_in_airflows_navigation() -> None:
 def test_the_packaged_shell_renders_through_the_app(
     auth: FakeAuthManager, store: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    if not (STATIC_DIR / "index.html").exists():
-        pytest.skip("the frontend's index.html is not there yet")
     from airflow_bkci.api.app import create_app
 
     client = TestClient(create_app(store_factory=lambda: store, dispatcher_factory=lambda: None))
-    assert config_of(client.get("/ui/wall").text)["root"] == "/bkci"
+    page = client.get("/ui/wall").text
+    assert config_of(page)["root"] == "/bkci"
+    # every module is asked for at once, not one import level at a time
+    modules = sorted(p.relative_to(STATIC_DIR).as_posix() for p in STATIC_DIR.rglob("*.js"))
+    assert "views/wall.js" in modules and "vendor/htm-preact-standalone.module.js" in modules
+    for name in modules:
+        assert f'<link rel="modulepreload" href="/bkci/ui/static/{name}">' in page
+        assert client.get(f"/ui/static/{name}").status_code == 200
     assert client.get("/ui/static/bkci.svg").status_code == 200
