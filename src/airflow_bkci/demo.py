@@ -62,8 +62,12 @@ class Build:
         return (self.ended or time.monotonic()) - self.started
 
 
-def run_demo(home: Path | None, keep: bool = False) -> int:
-    """Start Airflow with the example DAGs, run them, show progress; 0 if all ended as intended."""
+def run_demo(home: Path | None, keep: bool = False, serve: bool = False) -> int:
+    """Start Airflow with the example DAGs, run them, show progress; 0 if all ended as intended.
+
+    With ``serve``, Airflow stays up after the summary (its UI and the BK-CI dashboard) until
+    Ctrl-C.
+    """
     console = Console()
     own_home = home is None
     home = home or Path(".demo") / datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -73,16 +77,30 @@ def run_demo(home: Path | None, keep: bool = False) -> int:
         keep=keep,
         progress=lambda msg: console.print(f"[cyan]•[/] {msg}"),
     )
+    ok = False
     try:
         builds = _run(stack, console)
+        ok = _summary(builds, console)
+        if serve:
+            console.print(
+                f"Airflow stays up: the dashboard is at {stack.api_url}/plugin/bkci "
+                "(every user is an admin here); Ctrl-C stops it"
+            )
+            while True:
+                stack.check_alive()
+                time.sleep(1)
     except StackError as exc:
         console.print(f"[bold red]Airflow stack failed:[/] {exc}")
         return 2
     except KeyboardInterrupt:
         console.print("[yellow]interrupted; Airflow stopped[/]")
-        return 130
+        return 0 if serve and ok else 130
     finally:
         _cleanup(stack, home, own_home, keep, console)
+    return 0 if ok else 1
+
+
+def _summary(builds: list[Build], console: Console) -> bool:
     console.print(summary_table(builds))
     ok = all(b.airflow_state == b.expected for b in builds)
     console.print(
@@ -90,7 +108,7 @@ def run_demo(home: Path | None, keep: bool = False) -> int:
         if ok
         else "[bold red]some builds did not end as intended[/]"
     )
-    return 0 if ok else 1
+    return ok
 
 
 def _cleanup(stack: AirflowStack, home: Path, own_home: bool, keep: bool, console: Console) -> None:
@@ -106,7 +124,8 @@ def _run(stack: AirflowStack, console: Console) -> list[Build]:
     stack.start(expect_dags=set(SHOWCASE))
     console.print(
         f"[cyan]•[/] Airflow ready in {time.monotonic() - t0:.1f} s at {stack.api_url}"
-        f" (AIRFLOW_HOME {stack.home})"
+        f" (AIRFLOW_HOME {stack.home}); watch the builds in Airflow's UI too: "
+        f"{stack.api_url}/plugin/bkci"
     )
     builds = [Build(dag_id, stack.trigger(dag_id)) for dag_id in SHOWCASE]
     watcher = Watcher(stack)

@@ -16,7 +16,7 @@ from airflow_bkci.exceptions import BkciError
 def _demo(args: argparse.Namespace) -> int:
     from airflow_bkci.demo import run_demo
 
-    return run_demo(Path(args.home) if args.home else None, keep=args.keep)
+    return run_demo(Path(args.home) if args.home else None, keep=args.keep, serve=args.serve)
 
 
 def _relay(args: argparse.Namespace) -> int:
@@ -110,6 +110,11 @@ def main(argv: list[str] | None = None) -> int:
     demo = sub.add_parser("demo", help="run the example builds on a local Airflow and watch them")
     demo.add_argument("--home", help="AIRFLOW_HOME to use (default: a new folder under .demo/)")
     demo.add_argument("--keep", action="store_true", help="keep the home folder afterwards")
+    demo.add_argument(
+        "--serve",
+        action="store_true",
+        help="keep Airflow and the BK-CI dashboard up after the summary, until Ctrl-C",
+    )
     demo.set_defaults(func=_demo)
     relay = sub.add_parser(
         "relay", help="send spooled worker records to the ingest route; --dispatch: the outbox"
