@@ -264,6 +264,10 @@ def test_two_dispatchers_at_once_never_reorder_a_build(store_url: str, receivers
     store.dispose()
 
 
+LEASE = 5.0
+"""The killed dispatcher's lease: long enough that a busy machine reaches the check inside it."""
+
+
 def test_dispatcher_killed_mid_batch_is_taken_over_after_its_lease(
     store_url: str, store: Store, receivers: Any, tmp_path: Path
 ) -> None:
@@ -276,7 +280,7 @@ def test_dispatcher_killed_mid_batch_is_taken_over_after_its_lease(
         from airflow_bkci.store import Store
         ch = WebhookChannel(Endpoint("hook", {receiver.url!r}, {receiver.secret!r}))
         print("sending", flush=True)
-        Dispatcher(Store({store_url!r}), [ch], lease=1.0, batch_size=100).run_once()
+        Dispatcher(Store({store_url!r}), [ch], lease={LEASE}, batch_size=100).run_once()
         """
     )
     proc = subprocess.Popen(
@@ -290,7 +294,7 @@ def test_dispatcher_killed_mid_batch_is_taken_over_after_its_lease(
     proc.wait()
     taker = dispatcher(store, channel(receiver.url, receiver.secret, timeout=10.0))
     assert taker.run_once().claimed == 0  # the dead one's lease still holds
-    time.sleep(1.2)
+    time.sleep(LEASE + 0.2)
     deliver_all(taker)
     assert_mirrored(store, receiver)
 
