@@ -39,7 +39,13 @@ from airflow_bkci.model.tree import build_document
 from airflow_bkci.notify.root_cause import root_causes
 from airflow_bkci.stats import percentile
 from airflow_bkci.store.metrics import FINAL_STATUSES
-from airflow_bkci.store.queries import SUMMARY_COLUMNS, build_summary, iso, transition_of
+from airflow_bkci.store.queries import (
+    SUMMARY_COLUMNS,
+    build_summary,
+    iso,
+    newest_build_id,
+    transition_of,
+)
 from airflow_bkci.store.results import Transition
 from airflow_bkci.store.tables import BuildRow, NodeRow, PipelineRow, TransitionRow
 
@@ -121,14 +127,7 @@ def _known(conn: Connection, dag_ids: Sequence[str]) -> list[str]:
 
 def _add_latest(conn: Connection, tiles: dict[str, Tile]) -> None:
     """The newest build of each pipeline, with its document: one index probe each."""
-    newest = (
-        select(B.build_id)
-        .where(B.dag_id == P.dag_id)
-        .order_by(B.run_after.desc(), B.build_num.desc())
-        .limit(1)
-        .correlate(P)
-        .scalar_subquery()
-    )
+    newest = newest_build_id()
     stmt = (
         select(P.dag_id.label("tile"), *SUMMARY_COLUMNS, B.document)
         .select_from(P)

@@ -237,11 +237,9 @@ def pipeline_ids(conn: Connection) -> list[str]:
     return list(conn.execute(select(P.dag_id).order_by(P.dag_id)).scalars())
 
 
-def pipelines(conn: Connection, dag_ids: Sequence[str]) -> list[dict[str, Any]]:
-    """Each pipeline of ``dag_ids`` the store knows, with its newest build (None if none)."""
-    if not dag_ids:
-        return []
-    newest = (
+def newest_build_id() -> Any:
+    """The id of a pipeline row's newest build (by run_after, then number), correlated to it."""
+    return (
         select(B.build_id)
         .where(B.dag_id == P.dag_id)
         .order_by(B.run_after.desc(), B.build_num.desc())
@@ -249,6 +247,13 @@ def pipelines(conn: Connection, dag_ids: Sequence[str]) -> list[dict[str, Any]]:
         .correlate(P)
         .scalar_subquery()
     )
+
+
+def pipelines(conn: Connection, dag_ids: Sequence[str]) -> list[dict[str, Any]]:
+    """Each pipeline of ``dag_ids`` the store knows, with its newest build (None if none)."""
+    if not dag_ids:
+        return []
+    newest = newest_build_id()
     stmt = (
         select(P.dag_id.label("pipeline_id"), P.last_build_num, P.created_at, *SUMMARY_COLUMNS)
         .select_from(P)
