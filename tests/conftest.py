@@ -1,11 +1,13 @@
-"""Shared test configuration: Hypothesis profiles for CI and local runs."""
+"""Shared test configuration: Hypothesis profiles for CI and local runs, and the test order."""
 
 from __future__ import annotations
 
 import os
 
+import pytest
 from hypothesis import HealthCheck, settings
 
+from tests import ordering
 from tests.browser import browser  # noqa: F401 - a fixture for every test
 from tests.databases import pg_server  # noqa: F401 - a fixture for every test
 from tests.webhook import receivers  # noqa: F401 - a fixture for every test
@@ -27,3 +29,9 @@ settings.load_profile(
         "ci" if os.environ.get("CI", "").lower() in ("true", "1") else "dev",
     )
 )
+
+
+@pytest.hookimpl(trylast=True)  # after -m/-k deselection: the last users are of what runs
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    ordering.order(items)
+    config.stash[ordering.LAST_USER] = ordering.last_users(items)

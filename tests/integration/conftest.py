@@ -7,6 +7,7 @@ import os
 import shutil
 import time
 from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from airflow_bkci.devstack import AirflowStack
 from airflow_bkci.example_dags import EXPECTED_STATES, FOLDER
 from airflow_bkci.store import Store
 from tests.integration.auth_manager import LIMITED_PASSWORD, LIMITED_USER
+from tests.ordering import LAST_USER
 from tests.proxy import TcpProxy
 from tests.services import require_postgres
 from tests.unit.notify.receivers import SmtpReceiver
@@ -152,14 +154,43 @@ def run_examples(stack: AirflowStack) -> ExampleRuns:
     return {d: (r, stack.wait_run(d, r, timeout=RUN_TIMEOUT)) for d, r in runs.items()}
 
 
+# Stacks that stop after the last test that needs them (see tests/ordering.py),
+# not at the end of the session.
+_RUNNING: dict[str, ExitStack] = {}
+
+
+def _session_stack(
+    tmp_path_factory: pytest.TempPathFactory, backend: str
+) -> Iterator[AirflowStack]:
+    with ExitStack() as running:
+        home = tmp_path_factory.mktemp(f"airflow-{backend}")
+        kind = "sqlite" if backend == "sqlite" else require_postgres()
+        stack = running.enter_context(contextmanager(_stack)(home, kind))
+        _RUNNING[backend] = running
+        yield stack
+        _RUNNING.pop(backend, None)
+
+
 @pytest.fixture(scope="session")
 def sqlite_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AirflowStack]:
-    yield from _stack(tmp_path_factory.mktemp("airflow-sqlite"), "sqlite")
+    yield from _session_stack(tmp_path_factory, "sqlite")
 
 
 @pytest.fixture(scope="session")
 def pg_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AirflowStack]:
-    yield from _stack(tmp_path_factory.mktemp("airflow-pg"), require_postgres())
+    yield from _session_stack(tmp_path_factory, "pg")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    result = yield
+    last = item.config.stash.get(LAST_USER, {})
+    for backend, nodeid in last.items():
+        if nodeid == item.nodeid and backend in _RUNNING:
+            # A later test that asks for this stack again gets a stopped one and
+            # fails loudly: tests/ordering.py then misses one of its fixtures.
+            _RUNNING.pop(backend).close()
+    return result
 
 
 @pytest.fixture(scope="session")
