@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 WaitStrategy = Callable[[RetryCallState], float]
 DEFAULT_WAIT: WaitStrategy = wait_exponential_jitter(multiplier=0.5, max=30, jitter=0.5)
 _RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+PENDING_SHOWN = 1000
+"""A failed send's warning counts the backlog up to this many rows."""
 
 
 def backoff_delay(wait: WaitStrategy, failures: int) -> float:
@@ -404,7 +406,7 @@ class Forwarder:
                 delay = self.record_outcome(result)
                 if delay is not None:
                     log.warning(
-                        "BK-CI forwarder could not send to %s: %s. %d records stay in %s; "
+                        "BK-CI forwarder could not send to %s: %s. %s records stay in %s; "
                         "the next try on this host waits %.1fs",
                         self.url,
                         result.error,
@@ -419,8 +421,10 @@ class Forwarder:
             log.warning("BK-CI forwarder failed on the spool at %s", self.spool.path, exc_info=True)
             return False
 
-    def _pending(self) -> int:
+    def _pending(self) -> str:
+        """The backlog for the warning, counted no further than ``PENDING_SHOWN`` rows."""
         try:
-            return self.spool.pending_count()
+            count = self.spool.pending_count(limit=PENDING_SHOWN)
         except Exception:
-            return -1
+            return "some"
+        return str(count) if count < PENDING_SHOWN else f"{PENDING_SHOWN} or more"

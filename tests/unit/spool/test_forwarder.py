@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from airflow_bkci.spool.forwarder import DEFAULT_WAIT, Forwarder, backoff_delay
+from airflow_bkci.spool.forwarder import DEFAULT_WAIT, PENDING_SHOWN, Forwarder, backoff_delay
 from airflow_bkci.spool.relay import relay
 from airflow_bkci.spool.spool import Spool
 from tests.records import worker_record
@@ -236,6 +236,29 @@ def test_wrong_secret_keeps_rows_and_logs_the_fix(
     assert receiver.records == []
     messages = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any("HTTP 401" in m and "ingest_secret" in m and "1 records stay" in m for m in messages)
+
+
+def test_a_failed_exit_counts_a_big_backlog_no_further_than_it_says(
+    spool: Spool, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The warning names the backlog, but a task runner's exit must not walk a
+    # host's whole spool to say so (100,000 rows cost about 7 ms).
+    for _ in range(PENDING_SHOWN + 5):
+        spool.append(record())
+    counted: list[int | None] = []
+    full = spool.pending_count
+
+    def counting(limit: int | None = None) -> int:
+        counted.append(limit)
+        return full(limit)
+
+    spool.pending_count = counting  # type: ignore[method-assign]
+    with caplog.at_level(logging.WARNING, logger="airflow_bkci"):
+        assert forwarder(spool, free_port_url()).send_now(2.0) is False
+    assert counted == [PENDING_SHOWN]
+    messages = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(f"{PENDING_SHOWN} or more records stay" in m for m in messages), messages
+    assert full() == PENDING_SHOWN + 5  # nothing lost
 
 
 def test_unavailable_receiver_keeps_rows_and_honours_retry_after(

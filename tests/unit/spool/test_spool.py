@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from airflow_bkci.spool.spool import Spool
 
 
 @pytest.fixture
-def spool(tmp_path: Path) -> Spool:
+def spool(tmp_path: Path) -> Iterator[Spool]:
     s = Spool(tmp_path / "spool.db")
     yield s
     s.close()
@@ -112,3 +113,11 @@ def test_a_forked_child_opens_its_own_connection(spool: Spool) -> None:
     child.join(30)
     assert child.exitcode == 0
     assert sorted(json.loads(t).popitem()[0] for _, t in spool.claim(10)) == ["child", "parent"]
+
+
+def test_pending_count_counts_leased_rows_and_stops_at_its_limit(spool: Spool) -> None:
+    for i in range(5):
+        spool.append({"i": i})
+    spool.claim(2)  # leased rows are still pending
+    assert spool.pending_count() == 5
+    assert [spool.pending_count(limit=n) for n in (0, 3, 5, 50)] == [0, 3, 5, 5]
