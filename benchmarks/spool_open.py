@@ -14,7 +14,10 @@ calling thread (``time.thread_time_ns``) and minor page faults
   the cheapest durable local append there is: the baseline of this run.
 
 Each case runs in its own fresh child, alternated, so drift of the machine
-touches all of them alike. Run: ``.venv/bin/python benchmarks/spool_open.py``.
+touches all of them alike. Then, in this process, the CPU of a task runner's exit
+that finds the receiver down (``Forwarder.send_now``: the probe, the backoff
+write and the warning with the backlog's size) with 10, 10,000 and 100,000 rows
+spooled. Run: ``.venv/bin/python benchmarks/spool_open.py``.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import json
 import math
 import os
 import resource
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -139,6 +143,42 @@ def report(title: str, cpu: dict[str, list[float]], faults: dict[str, list[int]]
     )
 
 
+def failed_exit_cpu(backlog: int, calls: int) -> list[float]:
+    """CPU ms of ``Forwarder.send_now`` (a task runner's exit) against a refused port,
+    with ``backlog`` rows spooled on the host; the backoff is cleared before each call,
+    so every call is the one runner that probes the receiver and logs the warning."""
+    import logging
+
+    from airflow_bkci.spool.forwarder import Forwarder
+    from airflow_bkci.spool.spool import Spool
+
+    logging.getLogger("airflow_bkci").setLevel(logging.ERROR)  # the warning is still built
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{probe.getsockname()[1]}/bkci/ingest"
+    text = json.dumps(RECORD, separators=(",", ":"))
+    out = []
+    with tempfile.TemporaryDirectory(prefix="bkci-spool-backlog-") as tmp:
+        spool = Spool(Path(tmp) / "spool.db", autocheckpoint=False)
+        with spool._lock:  # one transaction: 100,000 appends one by one take minutes
+            db = spool._db()
+            db.execute("BEGIN IMMEDIATE")
+            db.executemany(
+                "INSERT INTO spool (record, created_at) VALUES (?, ?)",
+                ((text, time.time()) for _ in range(backlog)),
+            )
+            db.execute("COMMIT")
+        for _ in range(calls):
+            with spool._lock:
+                spool._db().execute("DELETE FROM receiver_backoff")
+            forwarder = Forwarder(spool, url, "secret", connect_timeout=0.5)
+            cpu0 = time.thread_time_ns()
+            forwarder.send_now(1.0)
+            out.append((time.thread_time_ns() - cpu0) / 1e6)
+        spool.close()
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--forks", type=int, default=200, help="children per case (200)")
@@ -172,6 +212,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             holder.wait()
     report("spool file not open elsewhere (no scheduler on the host)", *idle)
     report("spool file held open by another process (the scheduler's spool reader)", *held)
+
+    print("\nFAILED EXIT: send_now against a refused port, 30 calls each, CPU ms (warm process)")
+    print(f"{'rows spooled':>12} {'cpu p50':>8} {'cpu p99':>8}")
+    for backlog in (10, 10_000, 100_000):
+        cpu = failed_exit_cpu(backlog, 30)
+        print(f"{backlog:>12,} {pct(cpu, 50):8.3f} {pct(cpu, 99):8.3f}")
     print(f"load average {os.getloadavg()[0]:.1f} (1 min) on {os.cpu_count()} cores at the end")
     return 0
 
