@@ -51,7 +51,13 @@ DEFAULT_SOURCE = "/airflow-bkci"
 
 
 class Channel(Protocol):
-    """What the dispatcher needs of a channel (the webhook, the message queue)."""
+    """What the dispatcher needs of a channel (the webhook, the message queue).
+
+    A channel may also have ``idle()``: called on a pass that found nothing to
+    send, on the thread that sends for it, for work due by time rather than by
+    a change (the notification channel's digests). It must be cheap when there
+    is nothing to do: it runs every poll interval.
+    """
 
     @property
     def name(self) -> str: ...
@@ -164,6 +170,17 @@ class Dispatcher:
                 log.info("bkci outbox: deleted %d delivered change sets past retention", deleted)
         return report
 
+    @staticmethod
+    def _idle(channel: Channel) -> None:
+        """A pass with nothing to send: the channel's own timed work (``idle()``), if any."""
+        idle = getattr(channel, "idle", None)
+        if idle is None:
+            return
+        try:
+            idle()
+        except Exception:  # the channel's business; the pass goes on
+            log.warning("bkci dispatcher: %s idle work failed", channel.name, exc_info=True)
+
     def drain(self, timeout: float = 60.0) -> PassReport:
         """Pass until nothing is due (or ``timeout``): for tests, the relay and the CLI."""
         total = PassReport()
@@ -193,6 +210,7 @@ class Dispatcher:
         lanes = self.outbox.claim(name, 1 if half_open else self.batch_size)
         report.claimed += len(lanes)
         if not lanes:
+            self._idle(channel)
             return
         wanted = [lane for lane in lanes if self._wants_changes(channel, lane)]
         pending = self.outbox.pending(wanted, self.batch_size)

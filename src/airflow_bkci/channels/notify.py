@@ -26,10 +26,11 @@ endpoint. For each document:
    send: the dispatcher retries the build's lane, and only what did not go
    out goes then.
 
-Digests that fell due go out at the channel's next send, that is at the
-next change of any build (a deployment that runs anything at all changes
-builds every few seconds); one that cannot be delivered is tried again at
-every send after.
+Digests that fell due go out at the channel's next send (the next change of
+any build) or, when nothing changes, at the dispatcher's next idle pass
+(:meth:`NotifyChannel.idle`), so a quiet deployment still hears about a storm
+that ended. One that cannot be delivered is tried again at every send after,
+and between changes every ``IDLE_RETRY`` seconds.
 """
 
 from __future__ import annotations
@@ -123,6 +124,10 @@ class _Undelivered(Exception):
         super().__init__("; ".join(str(e) for e in errors))
 
 
+IDLE_RETRY = 30.0
+"""Seconds between idle tries of a digest whose delivery failed."""
+
+
 class NotifyChannel:
     """Sends owner-routed notices for the builds the dispatcher hands it. ``send`` never raises."""
 
@@ -160,6 +165,7 @@ class NotifyChannel:
         self._last_prune = -_PRUNE_EVERY
         self._admitted: OrderedDict[str, bool] = OrderedDict()
         self._digests: list[Digest] = []  # due, not delivered yet
+        self._idle_retry_at = 0.0
 
     def accepts(self, pipeline_id: str) -> bool:
         return True  # who is told is the owners file's business, not the lane's
@@ -362,6 +368,28 @@ class NotifyChannel:
             raise _Undelivered(errors)
 
     # -- digests ----------------------------------------------------------------
+
+    def idle(self) -> None:
+        """Send the digests whose window ended while no build changed. Never raises.
+
+        The dispatcher calls this on its passes that find nothing to send (every
+        poll interval): with no digest due it is an in-memory check. A digest that
+        fails waits ``IDLE_RETRY`` seconds here, not a poll interval.
+        """
+        if self._monotonic() < self._idle_retry_at:
+            return
+        try:
+            failures = self._flush_digests()
+        except Exception as exc:  # the store is away: the sent log cannot be claimed
+            failures = [_Failure(_reason(exc))]
+        if failures:
+            self._idle_retry_at = self._monotonic() + IDLE_RETRY
+            log.warning(
+                "bkci notify: %d digests not sent (%s); next try in %.0fs or at the next change",
+                len(self._digests) or len(failures),
+                failures[0].error,
+                IDLE_RETRY,
+            )
 
     def _flush_digests(self) -> list[_Failure]:
         self._digests.extend(self.limiter.due())

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from airflow_bkci.channels.dispatcher import Dispatcher
-from airflow_bkci.channels.notify import CHANNEL_NAME, NotifyChannel, NotifySettings
+from airflow_bkci.channels.notify import CHANNEL_NAME, IDLE_RETRY, NotifyChannel, NotifySettings
 from airflow_bkci.channels.webhook import Delivery
 from airflow_bkci.exceptions import NotifierError
 from airflow_bkci.notify import NotifyPolicy, OwnerSources, RateLimit, parse_owners
@@ -90,6 +91,7 @@ def channel(
     store: Store,
     notifiers: RecordingNotifiers,
     clock: Clock | None = None,
+    monotonic: Callable[[], float] = time.monotonic,
     **settings: object,
 ) -> NotifyChannel:
     rules = parse_owners(OWNERS, "owners")
@@ -101,6 +103,7 @@ def channel(
         lambda: rules,
         NotifySettings(**{**values, **settings}),  # type: ignore[arg-type]
         clock=clock or Clock(),
+        monotonic=monotonic,
     )
 
 
@@ -242,6 +245,52 @@ def test_a_storm_of_50_failures_gives_three_messages_and_one_digest(store: Store
     digest = next(m for _, m in notifiers.mails() if "more failures" in m.subject)
     assert digest.text.count("\n- etl_daily #") == 47
     assert len(subjects) == 5  # 3 + the digest + build 51, first of its window
+
+
+def test_a_digest_goes_out_when_its_window_ends_though_no_build_changes(store: Store) -> None:
+    # A quiet deployment: the storm's last build was the last change for hours.
+    notifiers = RecordingNotifiers()
+    clock = Clock(T0 + timedelta(days=1, minutes=1))
+    notify = channel(store, notifiers, clock, rate_limit=RateLimit(3, timedelta(hours=1)))
+    for number in range(1, 6):
+        failed_build(store, number)
+    runner = dispatcher(store, notify)
+    runner.drain(30)
+    assert len(notifiers.mails()) == 3 and notify.limiter.held(DAG) == 2
+    runner.run_once()  # the window still runs: nothing more
+    assert len(notifiers.mails()) == 3
+
+    clock.now += timedelta(hours=1)
+    report = runner.run_once()  # nothing to claim: an idle pass
+    assert report.claimed == 0
+    (digest,) = [m for _, m in notifiers.mails() if "more failures" in m.subject]
+    assert digest.subject.startswith("[bkci] etl_daily: 2 more failures")
+    runner.run_once()
+    assert len(notifiers.mails()) == 4  # sent once
+
+
+def test_an_idle_digest_that_fails_waits_before_it_is_tried_again(store: Store) -> None:
+    notifiers = RecordingNotifiers()
+    clock = Clock(T0 + timedelta(days=1, minutes=1))
+    ticks = [1000.0]
+    notify = channel(
+        store, notifiers, clock, lambda: ticks[0], rate_limit=RateLimit(1, timedelta(hours=1))
+    )
+    failed_build(store, 1)
+    failed_build(store, 2)
+    runner = dispatcher(store, notify)
+    runner.drain(30)
+    assert len(notifiers.mails()) == 1 and notify.limiter.held(DAG) == 1
+
+    clock.now += timedelta(hours=1)
+    notifiers.failing["smtp:smtp_default"] = 1  # the mail server refuses the digest once
+    runner.run_once()
+    runner.run_once()  # within IDLE_RETRY: not tried again
+    assert notifiers.failing["smtp:smtp_default"] == 0 and len(notifiers.mails()) == 1
+    ticks[0] += IDLE_RETRY
+    runner.run_once()
+    assert [m.subject for _, m in notifiers.mails()][1].startswith("[bkci] etl_daily: 1 more")
+    assert len(notifiers.mails()) == 2
 
 
 def test_a_failed_delivery_is_retried_and_then_sent_once(store: Store) -> None:
