@@ -56,7 +56,9 @@ class Channel(Protocol):
     A channel may also have ``idle()``: called on a pass that found nothing to
     send, on the thread that sends for it, for work due by time rather than by
     a change (the notification channel's digests). It must be cheap when there
-    is nothing to do: it runs every poll interval.
+    is nothing to do: it runs every poll interval. And ``stopping()``: called on
+    that thread once the dispatcher is told to stop, for what the channel holds
+    in memory only.
     """
 
     @property
@@ -171,15 +173,16 @@ class Dispatcher:
         return report
 
     @staticmethod
-    def _idle(channel: Channel) -> None:
-        """A pass with nothing to send: the channel's own timed work (``idle()``), if any."""
-        idle = getattr(channel, "idle", None)
-        if idle is None:
-            return
-        try:
-            idle()
-        except Exception:  # the channel's business; the pass goes on
-            log.warning("bkci dispatcher: %s idle work failed", channel.name, exc_info=True)
+    def _call_optional(channels: Sequence[Channel], method: str) -> None:
+        """``channel.<method>()`` of each channel that has it (``idle``, ``stopping``)."""
+        for channel in channels:
+            call = getattr(channel, method, None)
+            if call is None:
+                continue
+            try:
+                call()
+            except Exception:  # the channel's business; the dispatcher goes on
+                log.warning("bkci dispatcher: %s %s failed", channel.name, method, exc_info=True)
 
     def drain(self, timeout: float = 60.0) -> PassReport:
         """Pass until nothing is due (or ``timeout``): for tests, the relay and the CLI."""
@@ -210,7 +213,7 @@ class Dispatcher:
         lanes = self.outbox.claim(name, 1 if half_open else self.batch_size)
         report.claimed += len(lanes)
         if not lanes:
-            self._idle(channel)
+            self._call_optional([channel], "idle")
             return
         wanted = [lane for lane in lanes if self._wants_changes(channel, lane)]
         pending = self.outbox.pending(wanted, self.batch_size)
@@ -467,6 +470,7 @@ class Dispatcher:
         signal = StoreSignal(self.store.engine)
         try:
             self._loop(signal, channels, wake)
+            self._call_optional(channels, "stopping")
         finally:
             signal.close()
 

@@ -30,7 +30,9 @@ Digests that fell due go out at the channel's next send (the next change of
 any build) or, when nothing changes, at the dispatcher's next idle pass
 (:meth:`NotifyChannel.idle`), so a quiet deployment still hears about a storm
 that ended. One that cannot be delivered is tried again at every send after,
-and between changes every ``IDLE_RETRY`` seconds.
+and between changes every ``IDLE_RETRY`` seconds. When the dispatcher stops,
+what is held goes out at once as digests (:meth:`NotifyChannel.stopping`):
+the held notices live in this process only.
 """
 
 from __future__ import annotations
@@ -389,6 +391,27 @@ class NotifyChannel:
                 len(self._digests) or len(failures),
                 failures[0].error,
                 IDLE_RETRY,
+            )
+
+    def stopping(self) -> None:
+        """The process stops: send what the rate limit holds now, as digests. Never raises.
+
+        Called by the dispatcher on this channel's thread as it stops; the wait for
+        it is the stop's (``[bkci] forward_timeout`` for a component). What does not
+        go out in time is lost with the process, and the log says so.
+        """
+        self._digests.extend(self.limiter.take_held())
+        if not self._digests:
+            return
+        try:
+            failures = self._flush_digests()
+        except Exception as exc:
+            failures = [_Failure(_reason(exc))]
+        if failures:
+            log.warning(
+                "bkci notify: stopping with %d digests not sent (%s); their notices are lost",
+                len(self._digests) or len(failures),
+                failures[0].error,
             )
 
     def _flush_digests(self) -> list[_Failure]:

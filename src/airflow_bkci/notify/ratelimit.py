@@ -141,6 +141,20 @@ class RateLimiter:
         due, self._due = self._due, []
         return due
 
+    def take_held(self) -> list[Digest]:
+        """Every digest due, and one of each window's held notices though it still runs.
+
+        For a process that stops: what it holds would otherwise be lost with it.
+        The windows keep their counts, so the limit stays in force until they end.
+        """
+        now = self.clock()
+        taken, self._due = self._due, []
+        for pipeline_id, window in self._windows.items():
+            if window.held_count:
+                taken.append(self._digest(pipeline_id, window, now))
+                window.held, window.held_count = [], 0
+        return taken
+
     def held(self, pipeline_id: str) -> int:
         """Notices of the pipeline waiting for the digest of the current window."""
         window = self._windows.get(pipeline_id)

@@ -293,6 +293,29 @@ def test_an_idle_digest_that_fails_waits_before_it_is_tried_again(store: Store) 
     assert len(notifiers.mails()) == 2
 
 
+def test_a_stopping_dispatcher_sends_what_the_rate_limit_holds(store: Store) -> None:
+    # The held notices live in the process: a restart mid-storm must not drop them.
+    notifiers = RecordingNotifiers()
+    clock = Clock(T0 + timedelta(days=1, minutes=1))
+    notify = channel(store, notifiers, clock, rate_limit=RateLimit(3, timedelta(hours=1)))
+    for number in range(1, 6):
+        failed_build(store, number)
+    runner = dispatcher(store, notify)
+    runner.drain(30)
+    assert len(notifiers.mails()) == 3 and notify.limiter.held(DAG) == 2
+
+    runner.start()
+    runner.stop(10.0)  # the window still runs
+    (digest,) = [m for _, m in notifiers.mails() if "more failures" in m.subject]
+    assert digest.subject.startswith("[bkci] etl_daily: 2 more failures")
+    assert digest.text.count("\n- etl_daily #") == 2
+    assert notify.limiter.held(DAG) == 0 and len(notifiers.mails()) == 4
+
+    failed_build(store, 6)  # the same window: still over its limit, held again
+    runner.drain(10)
+    assert len(notifiers.mails()) == 4 and notify.limiter.held(DAG) == 1
+
+
 def test_a_failed_delivery_is_retried_and_then_sent_once(store: Store) -> None:
     notifiers = RecordingNotifiers()
     notifiers.failing["smtp:smtp_default"] = 1

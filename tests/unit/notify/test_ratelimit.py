@@ -121,6 +121,23 @@ def test_two_digests_of_one_window_have_different_keys() -> None:
     assert len({d.dedupe_key for d in flushed}) == 2
 
 
+def test_a_stopping_process_takes_every_held_notice_and_the_limit_still_holds() -> None:
+    clock = Clock(T0 + timedelta(minutes=1))
+    limiter = RateLimiter(RateLimit(messages=2, window=timedelta(hours=1)), clock)
+    storm = failures(6, start_minute=1)
+    assert [limiter.admit(n).send for n in storm[:4]] == [True, True, False, False]
+
+    clock.now = T0 + timedelta(minutes=30)  # mid-window: nothing due yet
+    assert limiter.due() == []
+    [digest] = limiter.take_held()
+    assert [n.build.build_num for n in digest.notices] == [3, 4]
+    assert (digest.window_start, digest.window_end) == (T0, clock.now)
+    assert limiter.held("etl_daily") == 0 and limiter.take_held() == []
+    # the window keeps its count: the next one is held, not sent
+    assert limiter.admit(storm[4]).send is False
+    assert limiter.held("etl_daily") == 1
+
+
 def test_pipelines_are_limited_separately() -> None:
     limiter = RateLimiter(RateLimit(messages=1), Clock(T0))
     [ours] = failures(1)
