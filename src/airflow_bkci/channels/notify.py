@@ -398,7 +398,7 @@ class NotifyChannel:
 
         Called by the dispatcher on this channel's thread as it stops; the wait for
         it is the stop's (``[bkci] forward_timeout`` for a component). What does not
-        go out in time is lost with the process, and the log says so.
+        go out in time is lost with the process; a digest that fails is logged.
         """
         self._digests.extend(self.limiter.take_held())
         if not self._digests:
