@@ -247,8 +247,10 @@ def test_a_storm_of_50_failures_gives_three_messages_and_one_digest(store: Store
     assert len(subjects) == 5  # 3 + the digest + build 51, first of its window
 
 
-def test_a_digest_goes_out_when_its_window_ends_though_no_build_changes(store: Store) -> None:
-    # A quiet deployment: the storm's last build was the last change for hours.
+def five_failures_two_held(
+    store: Store,
+) -> tuple[RecordingNotifiers, Clock, NotifyChannel, Dispatcher]:
+    """Five failures in one window limited to three messages: three sent, two held."""
     notifiers = RecordingNotifiers()
     clock = Clock(T0 + timedelta(days=1, minutes=1))
     notify = channel(store, notifiers, clock, rate_limit=RateLimit(3, timedelta(hours=1)))
@@ -257,6 +259,12 @@ def test_a_digest_goes_out_when_its_window_ends_though_no_build_changes(store: S
     runner = dispatcher(store, notify)
     runner.drain(30)
     assert len(notifiers.mails()) == 3 and notify.limiter.held(DAG) == 2
+    return notifiers, clock, notify, runner
+
+
+def test_a_digest_goes_out_when_its_window_ends_though_no_build_changes(store: Store) -> None:
+    # A quiet deployment: the storm's last build was the last change for hours.
+    notifiers, clock, _, runner = five_failures_two_held(store)
     runner.run_once()  # the window still runs: nothing more
     assert len(notifiers.mails()) == 3
 
@@ -295,14 +303,7 @@ def test_an_idle_digest_that_fails_waits_before_it_is_tried_again(store: Store) 
 
 def test_a_stopping_dispatcher_sends_what_the_rate_limit_holds(store: Store) -> None:
     # The held notices live in the process: a restart mid-storm must not drop them.
-    notifiers = RecordingNotifiers()
-    clock = Clock(T0 + timedelta(days=1, minutes=1))
-    notify = channel(store, notifiers, clock, rate_limit=RateLimit(3, timedelta(hours=1)))
-    for number in range(1, 6):
-        failed_build(store, number)
-    runner = dispatcher(store, notify)
-    runner.drain(30)
-    assert len(notifiers.mails()) == 3 and notify.limiter.held(DAG) == 2
+    notifiers, _, notify, runner = five_failures_two_held(store)
 
     runner.start()
     runner.stop(10.0)  # the window still runs
