@@ -380,18 +380,8 @@ class NotifyChannel:
         """
         if self._monotonic() < self._idle_retry_at:
             return
-        try:
-            failures = self._flush_digests()
-        except Exception as exc:  # the store is away: the sent log cannot be claimed
-            failures = [_Failure(_reason(exc))]
-        if failures:
+        if self._flush_digests_logged(f"next try in {IDLE_RETRY:.0f}s or at the next change"):
             self._idle_retry_at = self._monotonic() + IDLE_RETRY
-            log.warning(
-                "bkci notify: %d digests not sent (%s); next try in %.0fs or at the next change",
-                len(self._digests) or len(failures),
-                failures[0].error,
-                IDLE_RETRY,
-            )
 
     def stopping(self) -> None:
         """The process stops: send what the rate limit holds now, as digests. Never raises.
@@ -401,18 +391,23 @@ class NotifyChannel:
         go out in time is lost with the process; a digest that fails is logged.
         """
         self._digests.extend(self.limiter.take_held())
-        if not self._digests:
-            return
+        if self._digests:
+            self._flush_digests_logged("stopping: their notices are lost")
+
+    def _flush_digests_logged(self, then: str) -> bool:
+        """:meth:`_flush_digests` outside a send: failures are logged, not returned. True if any."""
         try:
             failures = self._flush_digests()
-        except Exception as exc:
+        except Exception as exc:  # the store is away: the sent log cannot be claimed
             failures = [_Failure(_reason(exc))]
         if failures:
             log.warning(
-                "bkci notify: stopping with %d digests not sent (%s); their notices are lost",
+                "bkci notify: %d digests not sent (%s); %s",
                 len(self._digests) or len(failures),
                 failures[0].error,
+                then,
             )
+        return bool(failures)
 
     def _flush_digests(self) -> list[_Failure]:
         self._digests.extend(self.limiter.due())
