@@ -54,8 +54,8 @@ def _importing_elsewhere() -> list[Any]:
     if not isinstance(table, dict):
         return []
     me = threading.get_ident()
-    mine = set()
-    held = []
+    mine: set[int] = set()
+    held: list[Any] = []
     for ref in list(table.values()):
         lock = ref() if callable(ref) else None
         owner = getattr(lock, "owner", None)
