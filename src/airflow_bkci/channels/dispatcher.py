@@ -56,9 +56,7 @@ class Channel(Protocol):
     A channel may also have ``idle()``: called on a pass that found nothing to
     send, on the thread that sends for it, for work due by time rather than by
     a change (the notification channel's digests). It must be cheap when there
-    is nothing to do: it runs every poll interval. And ``stopping()``: called on
-    that thread once the dispatcher is told to stop, for what the channel holds
-    in memory only.
+    is nothing to do: it runs every poll interval.
     """
 
     @property
@@ -174,7 +172,7 @@ class Dispatcher:
 
     @staticmethod
     def _call_optional(channels: Sequence[Channel], method: str) -> None:
-        """``channel.<method>()`` of each channel that has it (``idle``, ``stopping``)."""
+        """``channel.<method>()`` of each channel that has it (``idle``)."""
         for channel in channels:
             call = getattr(channel, method, None)
             if call is None:
@@ -470,7 +468,6 @@ class Dispatcher:
         signal = StoreSignal(self.store.engine)
         try:
             self._loop(signal, channels, wake)
-            self._call_optional(channels, "stopping")
         finally:
             signal.close()
 

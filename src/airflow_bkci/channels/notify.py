@@ -26,13 +26,15 @@ endpoint. For each document:
    send: the dispatcher retries the build's lane, and only what did not go
    out goes then.
 
-Digests that fell due go out at the channel's next send (the next change of
-any build) or, when nothing changes, at the dispatcher's next idle pass
-(:meth:`NotifyChannel.idle`), so a quiet deployment still hears about a storm
-that ended. One that cannot be delivered is tried again at every send after,
-and between changes every ``IDLE_RETRY`` seconds. When the dispatcher stops,
-what is held goes out at once as digests (:meth:`NotifyChannel.stopping`):
-the held notices live in this process only.
+The rate limit's counts and held notices are in the store
+(:class:`~airflow_bkci.store.notice_ledger.NoticeLedger`), so HA schedulers
+share one limit and a dispatcher stopped or killed in a storm loses no held
+notice. Digests that fell due go out at the channel's next send (the next
+change of any build) or, when nothing changes, at the dispatcher's next idle
+pass (:meth:`NotifyChannel.idle`), so a quiet deployment still hears about a
+storm that ended; after a restart, the first pass sends what an earlier
+process held. One that cannot be delivered stays in the store and is tried
+again at every send after, and between changes every ``IDLE_RETRY`` seconds.
 """
 
 from __future__ import annotations
@@ -66,6 +68,7 @@ from airflow_bkci.notify.ratelimit import Admission, Digest, RateLimit, RateLimi
 from airflow_bkci.notify.root_cause import iter_tasks
 from airflow_bkci.notify.routing import OwnerSources, Recipients, recipients_for
 from airflow_bkci.notify.sentlog import SentLog, route_key
+from airflow_bkci.store.notice_ledger import NoticeLedger
 from airflow_bkci.store.notices import NoticeLog
 
 if TYPE_CHECKING:
@@ -162,11 +165,12 @@ class NotifyChannel:
         self.sent_log: SentLog = sent_log if sent_log is not None else NoticeLog(store)
         self.clock = clock
         self.watch = PipelineWatch(self.settings.policy)
-        self.limiter = RateLimiter(self.settings.rate_limit, clock)
+        self.ledger = NoticeLedger(store)
+        self.limiter = RateLimiter(self.ledger, self.settings.rate_limit, clock)
         self._monotonic = monotonic
         self._last_prune = -_PRUNE_EVERY
         self._admitted: OrderedDict[str, bool] = OrderedDict()
-        self._digests: list[Digest] = []  # due, not delivered yet
+        self._digests_checked_until: datetime | None = None  # nothing due before this
         self._idle_retry_at = 0.0
 
     def accepts(self, pipeline_id: str) -> bool:
@@ -290,9 +294,8 @@ class NotifyChannel:
         failures: list[_Failure] = []
         try:
             admission = self._admit(notice)
-            if admission.digest is not None:
-                self._digests.append(admission.digest)
-                failures.extend(self._flush_digests())  # the digest first, then the recovery
+            if admission.digest is not None:  # the digest first, then the recovery
+                failures.extend(self._flush_digests(admission.digest))
             if not admission.send:
                 log.info(
                     "bkci notify: %s held for %s's digest ([bkci] notify_rate_limit)",
@@ -375,77 +378,89 @@ class NotifyChannel:
         """Send the digests whose window ended while no build changed. Never raises.
 
         The dispatcher calls this on its passes that find nothing to send (every
-        poll interval): with no digest due it is an in-memory check. A digest that
-        fails waits ``IDLE_RETRY`` seconds here, not a poll interval.
+        poll interval): until the current window ends, or a digest failed, it is an
+        in-memory check. A digest that fails waits ``IDLE_RETRY`` seconds here, not
+        a poll interval.
         """
         if self._monotonic() < self._idle_retry_at:
             return
         if self._flush_digests_logged(f"next try in {IDLE_RETRY:.0f}s or at the next change"):
             self._idle_retry_at = self._monotonic() + IDLE_RETRY
 
-    def stopping(self) -> None:
-        """The process stops: send what the rate limit holds now, as digests. Never raises.
-
-        Called by the dispatcher on this channel's thread as it stops; the wait for
-        it is the stop's (``[bkci] forward_timeout`` for a component). What does not
-        go out in time is lost with the process; a digest that fails is logged.
-        """
-        self._digests.extend(self.limiter.take_held())
-        if self._digests:
-            self._flush_digests_logged("stopping: their notices are lost")
-
     def _flush_digests_logged(self, then: str) -> bool:
         """:meth:`_flush_digests` outside a send: failures are logged, not returned. True if any."""
         try:
             failures = self._flush_digests()
-        except Exception as exc:  # the store is away: the sent log cannot be claimed
+        except Exception as exc:  # the store is away: nothing can be read or claimed
             failures = [_Failure(_reason(exc))]
         if failures:
             log.warning(
-                "bkci notify: %d digests not sent (%s); %s",
-                len(self._digests) or len(failures),
+                "bkci notify: %d digests not sent (%s); they stay in the store, %s",
+                len(failures),
                 failures[0].error,
                 then,
             )
         return bool(failures)
 
-    def _flush_digests(self) -> list[_Failure]:
-        self._digests.extend(self.limiter.due())
+    def _flush_digests(self, *first: Digest) -> list[_Failure]:
+        """Send ``first``, then every digest due; each one sent is forgotten by the limiter."""
+        digests = list(first)
+        now = self.clock()
+        checked = self._digests_checked_until
+        if checked is None or now >= checked:
+            digests += self.limiter.due()
         failures: list[_Failure] = []
-        undelivered: list[Digest] = []
-        for digest in self._digests:
-            failure = self._send_digest(digest)
-            if failure is not None:
-                failures.append(failure)
-                undelivered.append(digest)
-        self._digests = undelivered
+        for digest in digests:
+            outcome = self._send_digest(digest)
+            if isinstance(outcome, _Failure):
+                failures.append(outcome)
+            elif outcome:
+                self.limiter.sent(digest)
+        # A window's notices can only fall due when it ends; a failed digest is
+        # looked up again at the next send.
+        self._digests_checked_until = None if failures else self.limiter.next_due()
         return failures
 
-    def _send_digest(self, digest: Digest) -> _Failure | None:
+    def _send_digest(self, digest: Digest) -> bool | _Failure:
+        """True when it went out here (or to nobody), False when another dispatcher claimed it.
+
+        A claim held elsewhere leaves the held notices alone: that dispatcher
+        forgets them once its delivery worked, and releases the claim if not.
+        """
         key = digest.dedupe_key
         if not self.sent_log.claim(key):
-            return None
+            return False
         try:
             recipients = Recipients().merge(*(self._recipients(n) for n in digest.notices))
             if not recipients:
                 self._nobody(key, recipients)
-                return None
+                return True
             self._deliver(compose_digest(digest, recipients, self.settings.base_url))
         except Exception as exc:
             self.sent_log.release(key)
             return _Failure(_reason(exc))
-        return None
+        return True
 
     def _prune(self) -> None:
-        if not isinstance(self.sent_log, NoticeLog):
-            return
         now = self._monotonic()
         if now - self._last_prune < _PRUNE_EVERY:
             return
         self._last_prune = now
-        deleted = self.sent_log.prune(NOTICE_RETENTION)
-        if deleted:
-            log.info("bkci notify: forgot %d sent-log keys older than 30 days", deleted)
+        if isinstance(self.sent_log, NoticeLog):
+            deleted = self.sent_log.prune(NOTICE_RETENTION)
+            if deleted:
+                log.info("bkci notify: forgot %d sent-log keys older than 30 days", deleted)
+        limit = self.limiter.limit
+        held, _ = self.ledger.prune(
+            held_before=self.clock() - NOTICE_RETENTION,
+            windows_before=limit.window_start(self.clock()) - limit.window,
+        )
+        if held:
+            log.warning(
+                "bkci notify: dropped %d held notices older than 30 days whose digest never "
+                "went out (its claim in the sent log was never released)",
+                held,
+            )
 
 
 def _document(event: Mapping[str, Any]) -> Mapping[str, Any] | None:

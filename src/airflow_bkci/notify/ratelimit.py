@@ -5,19 +5,26 @@ in UTC), so every process and every restart agrees on which window a moment
 belongs to, and a digest's dedupe key names its pipeline and window.
 
 Within a window a pipeline gets at most :attr:`RateLimit.messages` messages.
-FAILED and CANCELED notices beyond that are held; when the window is over,
-:meth:`RateLimiter.due` hands out one :class:`Digest` of them, which counts
-as a message of the window it is sent in. A RECOVERED notice is never held:
-"it works again" is what people waiting out a storm want to hear at once,
-so it goes out (counted) and takes the held notices with it as a digest to
-send just before it. The clock is injected; nothing here sleeps or sends.
+FAILED and CANCELED notices beyond that are held; once the window is over,
+:meth:`RateLimiter.due` offers one :class:`Digest` of them until
+:meth:`RateLimiter.sent` says it went out, and then it counts as a message of
+the window it went out in. A RECOVERED notice is never held: "it works
+again" is what people waiting out a storm want to hear at once, so it goes
+out (counted) and takes the held notices with it as a digest to send just
+before it.
+
+The counts and the held notices are kept by a :class:`Ledger` (the status
+store's :class:`~airflow_bkci.store.notice_ledger.NoticeLedger`), not in this
+object: every dispatcher shares the limit, and held notices outlive the
+process that held them. The clock is injected; nothing here sleeps or sends.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from typing import Protocol
 
 from airflow_bkci.exceptions import ConfigError
 from airflow_bkci.model.event import utcnow
@@ -29,6 +36,8 @@ __all__ = [
     "NOTIFY_RATE_WINDOW_OPTION",
     "Admission",
     "Digest",
+    "HeldNotices",
+    "Ledger",
     "RateLimit",
     "RateLimiter",
 ]
@@ -39,7 +48,7 @@ NOTIFY_RATE_WINDOW_OPTION = "notify_rate_window"
 """``[bkci]`` option (seconds, default 3600): length of a rate-limit window."""
 
 MAX_DIGEST_NOTICES = 200
-"""Notices a digest keeps in full; beyond that it only counts them (memory stays bounded)."""
+"""Notices a digest carries in full; beyond that it only counts them (memory stays bounded)."""
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
@@ -67,18 +76,44 @@ class RateLimit:
 
 
 @dataclass(frozen=True, slots=True)
+class HeldNotices:
+    """A ledger's notices of one pipeline held in ``[first_window, last_window]``, oldest first."""
+
+    pipeline_id: str
+    first_window: datetime
+    last_window: datetime
+    notices: tuple[Notice, ...]  # at most the number asked for
+    count: int  # all of them
+    first_id: int  # the ledger's rows, to forget exactly these
+    last_id: int
+
+
+class Ledger(Protocol):
+    """Where the counts and held notices live; every method is one transaction."""
+
+    def count(self, pipeline_id: str, window_start: datetime, below: int | None = None) -> bool: ...
+    def sent(self, pipeline_id: str, window_start: datetime) -> int: ...
+    def hold(self, notice: Notice, window_start: datetime) -> None: ...
+    def held_count(self, pipeline_id: str) -> int: ...
+    def ended(self, before: datetime, keep: int) -> list[HeldNotices]: ...
+    def of_pipeline(self, pipeline_id: str, keep: int) -> HeldNotices | None: ...
+    def forget(self, held: HeldNotices) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
 class Digest:
-    """The notices of one pipeline held back in one window."""
+    """The notices of one pipeline held back in one window (or up to a recovery)."""
 
     pipeline_id: str
     window_start: datetime
     window_end: datetime
     notices: tuple[Notice, ...]
     held: int  # how many were held; more than len(notices) past MAX_DIGEST_NOTICES
+    source: HeldNotices | None = None  # the ledger's rows, forgotten once it went out
 
     @property
     def dedupe_key(self) -> str:
-        # A recovery can flush a window's digest early and more notices can be
+        # A recovery can send a window's digest early and more notices can be
         # held after it: the first held notice tells the two digests apart.
         first = self.notices[0].dedupe_key if self.notices else "-"
         return f"bkci-digest/{self.pipeline_id}/{self.window_start.isoformat()}/{first}"
@@ -96,86 +131,55 @@ class Admission:
     digest: Digest | None = None
 
 
-@dataclass(slots=True)
-class _Window:
-    start: datetime
-    sent: int = 0
-    held: list[Notice] = field(default_factory=list)
-    held_count: int = 0
-
-
 class RateLimiter:
-    """Admits notices per pipeline under a :class:`RateLimit`; one instance per process."""
+    """Admits notices per pipeline under a :class:`RateLimit`, with the books in ``ledger``."""
 
     def __init__(
-        self, limit: RateLimit | None = None, clock: Callable[[], datetime] = utcnow
+        self,
+        ledger: Ledger,
+        limit: RateLimit | None = None,
+        clock: Callable[[], datetime] = utcnow,
     ) -> None:
+        self.ledger = ledger
         self.limit = limit or RateLimit()
         self.clock = clock
-        self._windows: dict[str, _Window] = {}
-        self._due: list[Digest] = []
 
     def admit(self, notice: Notice) -> Admission:
         """Count ``notice`` against its pipeline's window, or hold it for the digest."""
         now = self.clock()
-        window = self._current(notice.pipeline_id, now)
+        window = self.limit.window_start(now)
+        pipeline_id = notice.pipeline_id
         if notice.kind is NoticeKind.RECOVERED:
-            flushed = self._digest(notice.pipeline_id, window, now) if window.held_count else None
-            window.held, window.held_count = [], 0
-            window.sent += 1
-            return Admission(send=True, digest=flushed)
-        if window.sent < self.limit.messages:
-            window.sent += 1
+            held = self.ledger.of_pipeline(pipeline_id, MAX_DIGEST_NOTICES)
+            self.ledger.count(pipeline_id, window)
+            return Admission(send=True, digest=None if held is None else _digest(held, now))
+        if self.ledger.count(pipeline_id, window, below=self.limit.messages):
             return Admission(send=True)
-        window.held_count += 1
-        if len(window.held) < MAX_DIGEST_NOTICES:
-            window.held.append(notice)
+        self.ledger.hold(notice, window)
         return Admission(send=False)
 
     def due(self) -> list[Digest]:
-        """Digests of the windows that are over; each is handed out once."""
-        now = self.clock()
-        for pipeline_id, window in list(self._windows.items()):
-            if window.start + self.limit.window <= now:
-                self._roll(pipeline_id, window, now)
-        due, self._due = self._due, []
-        return due
+        """Digests of the windows that are over, oldest first, until each is :meth:`sent`."""
+        current = self.limit.window_start(self.clock())
+        return [
+            _digest(held, held.first_window + self.limit.window)
+            for held in self.ledger.ended(current, MAX_DIGEST_NOTICES)
+        ]
 
-    def take_held(self) -> list[Digest]:
-        """Every digest due, and one of each window's held notices though it still runs.
+    def sent(self, digest: Digest) -> None:
+        """``digest`` went out: forget its notices, count it in the window it went out in."""
+        if digest.source is not None:
+            self.ledger.forget(digest.source)
+        self.ledger.count(digest.pipeline_id, self.limit.window_start(self.clock()))
 
-        For a process that stops: what it holds would otherwise be lost with it.
-        The windows keep their counts, so the limit stays in force until they end.
-        """
-        now = self.clock()
-        taken, self._due = self._due, []
-        for pipeline_id, window in self._windows.items():
-            if window.held_count:
-                taken.append(self._digest(pipeline_id, window, now))
-                window.held, window.held_count = [], 0
-        return taken
+    def next_due(self) -> datetime:
+        """When the window now running ends: no digest can fall due before that."""
+        return self.limit.window_start(self.clock()) + self.limit.window
 
     def held(self, pipeline_id: str) -> int:
-        """Notices of the pipeline waiting for the digest of the current window."""
-        window = self._windows.get(pipeline_id)
-        return 0 if window is None else window.held_count
+        """Notices of the pipeline waiting for a digest."""
+        return self.ledger.held_count(pipeline_id)
 
-    def _current(self, pipeline_id: str, now: datetime) -> _Window:
-        window = self._windows.get(pipeline_id)
-        if window is not None and window.start + self.limit.window <= now:
-            self._roll(pipeline_id, window, now)
-            window = self._windows.get(pipeline_id)
-        if window is None:
-            window = self._windows[pipeline_id] = _Window(self.limit.window_start(now))
-        return window
 
-    def _roll(self, pipeline_id: str, window: _Window, now: datetime) -> None:
-        """Close an ended window: queue its digest, which counts in the window it goes out in."""
-        if not window.held_count:
-            del self._windows[pipeline_id]  # nothing to carry over; forget the pipeline
-            return
-        self._due.append(self._digest(pipeline_id, window, window.start + self.limit.window))
-        self._windows[pipeline_id] = _Window(self.limit.window_start(now), sent=1)
-
-    def _digest(self, pipeline_id: str, window: _Window, end: datetime) -> Digest:
-        return Digest(pipeline_id, window.start, end, tuple(window.held), window.held_count)
+def _digest(held: HeldNotices, end: datetime) -> Digest:
+    return Digest(held.pipeline_id, held.first_window, end, held.notices, held.count, held)

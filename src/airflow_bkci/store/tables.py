@@ -299,4 +299,37 @@ class NoticeSentRow(Base):
     sent_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
+class NoticeWindowRow(Base):
+    """Messages a pipeline got in one rate-limit window: the count every dispatcher shares.
+
+    A message is counted by a conditional upsert that only adds while the count
+    is under the limit, so HA schedulers and restarts never let more through.
+    """
+
+    __tablename__ = "bkci_notice_window"
+    __table_args__ = (Index(None, "window_start"),)
+
+    pipeline_id: Mapped[str] = mapped_column(String(250), primary_key=True)
+    window_start: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
+    sent: Mapped[int] = mapped_column(Integer)
+
+
+class NoticeHeldRow(Base):
+    """A notice the rate limit held back, until its pipeline's digest went out.
+
+    Kept in the store rather than in a dispatcher's memory: a scheduler killed
+    in a storm loses none, and any dispatcher sends the digest.
+    """
+
+    __tablename__ = "bkci_notice_held"
+    __table_args__ = (Index(None, "pipeline_id", "window_start"), Index(None, "held_at"))
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    key: Mapped[str] = mapped_column(String(400), unique=True)  # the notice's dedupe key
+    pipeline_id: Mapped[str] = mapped_column(String(250))
+    window_start: Mapped[datetime] = mapped_column(UTCDateTime)
+    notice: Mapped[str] = mapped_column(Text)  # the Notice as JSON
+    held_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
 metadata = Base.metadata

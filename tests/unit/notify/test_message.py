@@ -13,7 +13,7 @@ from airflow_bkci.notify.message import (
     compose_digest,
     task_log_url,
 )
-from airflow_bkci.notify.ratelimit import RateLimit, RateLimiter
+from airflow_bkci.notify.ratelimit import Digest
 from airflow_bkci.notify.recipient import EmailAddress
 from airflow_bkci.notify.routing import Recipients
 from tests.unit.notify.builds import BASE_URL, T0, document, failed_build, good_build, task
@@ -175,15 +175,14 @@ def test_a_failure_no_task_explains_says_so() -> None:
 
 
 def test_digest_message_lists_every_held_failure_with_its_log() -> None:
-    clock = [T0]
-    limiter = RateLimiter(RateLimit(messages=3, window=timedelta(hours=1)), lambda: clock[0])
     watch = PipelineWatch()
+    held = []
     for n in range(50):
         verdict = watch.observe(failed_build(n + 1, minute=n, error=f"ValueError: row {n}"))
         assert isinstance(verdict, Notice)
-        limiter.admit(verdict)
-    clock[0] = T0 + timedelta(hours=1)
-    [digest] = limiter.due()
+        held.append(verdict)
+    # three went out; the rate limit held the other 47 for the window's digest
+    digest = Digest("etl_daily", T0, T0 + timedelta(hours=1), tuple(held[3:]), 47)
     message = compose_digest(digest, TO, BASE_URL)
     assert message.subject == (
         "[bkci] etl_daily: 47 more failures (2025-03-01 10:00:00 UTC to 2025-03-01 11:00:00 UTC)"

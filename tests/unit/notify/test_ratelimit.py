@@ -1,16 +1,24 @@
-"""Rate limit and digest: a pipeline that keeps failing sends a few messages, then one digest."""
+"""Rate limit and digest: a pipeline that keeps failing sends a few messages, then one digest.
+
+The limiter keeps its books in a status store (SQLite here; both databases and
+several limiters at once in tests/unit/store/test_notice_ledger.py).
+"""
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import pytest
 
 from airflow_bkci.exceptions import ConfigError
 from airflow_bkci.notify.decide import Notice, PipelineWatch
-from airflow_bkci.notify.ratelimit import MAX_DIGEST_NOTICES, RateLimit, RateLimiter
+from airflow_bkci.notify.ratelimit import MAX_DIGEST_NOTICES, Digest, RateLimit, RateLimiter
+from airflow_bkci.store import Store
+from airflow_bkci.store.notice_ledger import NoticeLedger
 from tests.unit.notify.builds import T0, failed_build, good_build
 
 
@@ -20,6 +28,35 @@ class Clock:
 
     def __call__(self) -> datetime:
         return self.now
+
+
+Limiters = Callable[..., RateLimiter]
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    store = Store(f"sqlite:///{tmp_path / 'status.db'}")
+    store.migrate()
+    yield store
+    store.dispose()
+
+
+@pytest.fixture
+def limiter_for(store: Store) -> Limiters:
+    """Limiters on one store: as many as a test wants, like dispatchers of HA schedulers."""
+
+    def make(limit: RateLimit, clock: Callable[[], datetime]) -> RateLimiter:
+        return RateLimiter(NoticeLedger(store), limit, clock)
+
+    return make
+
+
+def sent_all(limiter: RateLimiter) -> list[Digest]:
+    """The due digests, each then reported sent, as the notification channel does."""
+    due = limiter.due()
+    for digest in due:
+        limiter.sent(digest)
+    return due
 
 
 def failures(count: int, start_minute: float = 0) -> list[Notice]:
@@ -32,9 +69,9 @@ def failures(count: int, start_minute: float = 0) -> list[Notice]:
     return out
 
 
-def test_a_storm_of_50_failures_sends_three_then_one_digest() -> None:
+def test_a_storm_of_50_failures_sends_three_then_one_digest(limiter_for: Limiters) -> None:
     clock = Clock(T0)
-    limiter = RateLimiter(RateLimit(messages=3, window=timedelta(hours=1)), clock)
+    limiter = limiter_for(RateLimit(messages=3, window=timedelta(hours=1)), clock)
     storm = failures(50)
     sent = []
     for minute, notice in enumerate(storm):
@@ -55,19 +92,23 @@ def test_a_storm_of_50_failures_sends_three_then_one_digest() -> None:
     assert (digest.window_start, digest.window_end) == (T0, T0 + timedelta(hours=1))
     assert digest.held == 47 and digest.omitted == 0
     assert [n.build.build_num for n in digest.notices] == list(range(4, 51))
-    assert limiter.due() == []  # handed out once
+    assert limiter.due() == [digest]  # offered again until it went out
+    limiter.sent(digest)
+    assert limiter.due() == [] and limiter.held("etl_daily") == 0
 
 
-def test_a_storm_across_windows_loses_nothing_and_never_exceeds_the_limit() -> None:
+def test_a_storm_across_windows_loses_nothing_and_never_exceeds_the_limit(
+    limiter_for: Limiters,
+) -> None:
     clock = Clock(T0)
-    limiter = RateLimiter(RateLimit(messages=3, window=timedelta(hours=1)), clock)
+    limiter = limiter_for(RateLimit(messages=3, window=timedelta(hours=1)), clock)
     per_window: Counter[datetime] = Counter()
     delivered: list[int] = []
     storm = failures(50, start_minute=30)
     for minute in range(30, 200):
         clock.now = T0 + timedelta(minutes=minute)
         window = limiter.limit.window_start(clock.now)
-        for digest in limiter.due():
+        for digest in sent_all(limiter):
             per_window[window] += 1
             delivered += [n.build.build_num or 0 for n in digest.notices]
         if minute - 30 < len(storm):
@@ -80,9 +121,9 @@ def test_a_storm_across_windows_loses_nothing_and_never_exceeds_the_limit() -> N
     assert sum(per_window.values()) == 7  # 3 + digest, digest + 2 more, then one last digest
 
 
-def test_a_recovery_is_never_held_and_takes_the_digest_with_it() -> None:
+def test_a_recovery_is_never_held_and_takes_the_digest_with_it(limiter_for: Limiters) -> None:
     clock = Clock(T0)
-    limiter = RateLimiter(RateLimit(messages=2, window=timedelta(hours=1)), clock)
+    limiter = limiter_for(RateLimit(messages=2, window=timedelta(hours=1)), clock)
     watch = PipelineWatch()
     admissions = []
     for minute in range(5):
@@ -97,14 +138,36 @@ def test_a_recovery_is_never_held_and_takes_the_digest_with_it() -> None:
     assert admission.send
     assert admission.digest is not None
     assert [n.build.build_num for n in admission.digest.notices] == [3, 4, 5]
+    limiter.sent(admission.digest)
     assert limiter.held("etl_daily") == 0
     clock.now = T0 + timedelta(hours=2)
     assert limiter.due() == []  # the flushed notices are not sent twice
 
 
-def test_two_digests_of_one_window_have_different_keys() -> None:
+def test_a_recovery_digest_that_did_not_go_out_comes_due_with_its_window(
+    limiter_for: Limiters,
+) -> None:
     clock = Clock(T0)
-    limiter = RateLimiter(RateLimit(messages=1), clock)
+    limiter = limiter_for(RateLimit(messages=1, window=timedelta(hours=1)), clock)
+    watch = PipelineWatch()
+    for minute in range(3):
+        verdict = watch.observe(failed_build(minute + 1, minute=minute))
+        assert isinstance(verdict, Notice)
+        limiter.admit(verdict)
+    recovered = watch.observe(good_build(4, minute=10))
+    assert isinstance(recovered, Notice)
+    early = limiter.admit(recovered).digest
+    assert early is not None  # its delivery fails: nobody calls sent()
+
+    clock.now = T0 + timedelta(hours=1)
+    [digest] = limiter.due()
+    assert [n.build.build_num for n in digest.notices] == [2, 3]
+    assert digest.dedupe_key == early.dedupe_key  # one claim in the sent log for both
+
+
+def test_two_digests_of_one_window_have_different_keys(limiter_for: Limiters) -> None:
+    clock = Clock(T0)
+    limiter = limiter_for(RateLimit(messages=1), clock)
     watch = PipelineWatch()
     docs = [failed_build(1, minute=1), failed_build(2, minute=2), good_build(3, minute=3)]
     docs += [failed_build(4, minute=4), failed_build(5, minute=5)]
@@ -115,36 +178,39 @@ def test_two_digests_of_one_window_have_different_keys() -> None:
         admission = limiter.admit(verdict)
         if admission.digest:
             flushed.append(admission.digest)
+            limiter.sent(admission.digest)
     clock.now = T0 + timedelta(hours=1)
-    flushed += limiter.due()
+    flushed += sent_all(limiter)
     assert [[n.build.build_num for n in d.notices] for d in flushed] == [[2], [4, 5]]
     assert len({d.dedupe_key for d in flushed}) == 2
 
 
-def test_a_stopping_process_takes_every_held_notice_and_the_limit_still_holds() -> None:
+def test_held_notices_outlive_the_limiter_and_the_count_is_shared(
+    limiter_for: Limiters,
+) -> None:
+    """A scheduler killed mid-storm: a new one (or an HA peer) sends its digest."""
     clock = Clock(T0 + timedelta(minutes=1))
-    limiter = RateLimiter(RateLimit(messages=2, window=timedelta(hours=1)), clock)
+    limit = RateLimit(messages=2, window=timedelta(hours=1))
+    first = limiter_for(limit, clock)
     storm = failures(6, start_minute=1)
-    assert [limiter.admit(n).send for n in storm[:4]] == [True, True, False, False]
+    assert [first.admit(n).send for n in storm[:3]] == [True, True, False]
+    del first  # gone, as with SIGKILL: nothing of it in memory
 
-    clock.now = T0 + timedelta(minutes=30)  # mid-window: nothing due yet
-    assert limiter.due() == []
-    [digest] = limiter.take_held()
+    second = limiter_for(limit, clock)
+    assert second.admit(storm[3]).send is False  # the window's count survived
+    assert second.held("etl_daily") == 2
+    clock.now = T0 + timedelta(hours=1)
+    [digest] = sent_all(second)
     assert [n.build.build_num for n in digest.notices] == [3, 4]
-    assert (digest.window_start, digest.window_end) == (T0, clock.now)
-    assert limiter.held("etl_daily") == 0 and limiter.take_held() == []
-    # the window keeps its count: the next one is held, not sent
-    assert limiter.admit(storm[4]).send is False
-    assert limiter.held("etl_daily") == 1
 
 
-def test_pipelines_are_limited_separately() -> None:
-    limiter = RateLimiter(RateLimit(messages=1), Clock(T0))
+def test_pipelines_are_limited_separately(limiter_for: Limiters) -> None:
+    limiter = limiter_for(RateLimit(messages=1), Clock(T0))
     [ours] = failures(1)
     other = replace(ours, build=replace(ours.build, pipeline_id="reports"))
     assert limiter.admit(ours).send
     assert limiter.admit(other).send
-    assert not limiter.admit(ours).send
+    assert not limiter.admit(replace(ours, build=replace(ours.build, build_id="b-2"))).send
 
 
 def test_windows_are_aligned_so_every_process_agrees() -> None:
@@ -153,12 +219,14 @@ def test_windows_are_aligned_so_every_process_agrees() -> None:
     assert limit.window_start(T0 + timedelta(minutes=61)) == T0 + timedelta(hours=1)
 
 
-def test_a_digest_keeps_memory_bounded_and_counts_the_rest() -> None:
+def test_a_digest_keeps_memory_bounded_and_counts_the_rest(limiter_for: Limiters) -> None:
     clock = Clock(T0)
-    limiter = RateLimiter(RateLimit(messages=1), clock)
+    limiter = limiter_for(RateLimit(messages=1), clock)
     [notice] = failures(1)
-    for _ in range(MAX_DIGEST_NOTICES + 51):
-        limiter.admit(notice)
+    storm = [replace(notice, build=replace(notice.build, build_id=f"b-{n}")) for n in range(251)]
+    for each in storm:
+        limiter.admit(each)
+    limiter.admit(storm[5])  # held once, however often it is admitted again
     clock.now = T0 + timedelta(hours=1)
     [digest] = limiter.due()
     assert (len(digest.notices), digest.held, digest.omitted) == (MAX_DIGEST_NOTICES, 250, 50)

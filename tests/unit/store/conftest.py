@@ -17,7 +17,7 @@ from airflow_bkci.store import Store
 
 STORE_TABLES = (
     "bkci_transition, bkci_node, bkci_change, bkci_lane, bkci_endpoint, bkci_dead_letter, "
-    "bkci_build, bkci_pipeline, bkci_quarantine"
+    "bkci_build, bkci_pipeline, bkci_quarantine, bkci_notice_window, bkci_notice_held"
 )
 
 

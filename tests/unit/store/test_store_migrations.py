@@ -35,7 +35,7 @@ def test_migrations_build_the_models_schema(store: Store) -> None:
             conn, opts={"version_table": VERSION_TABLE, "compare_type": True}
         )
         assert compare_metadata(context, metadata) == []
-        assert context.get_current_revision() == "0005"
+        assert context.get_current_revision() == "0006"
 
 
 def test_many_processes_may_migrate_at_once(fresh_url: str) -> None:
