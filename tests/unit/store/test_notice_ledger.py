@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
+import time
 from dataclasses import replace
 from datetime import timedelta
 
@@ -117,3 +120,33 @@ def test_old_windows_and_stale_held_notices_are_pruned(store: Store) -> None:
     assert (held, windows) == (0, 1)  # the notice was held just now: it stays
     assert ledger.sent("etl_daily", WINDOW + timedelta(hours=2)) == 1
     assert ledger.held_count("etl_daily") == 1
+
+
+def test_a_dispatcher_killed_with_sigkill_loses_no_held_notice(store_url: str, tmp_path) -> None:
+    Store(store_url).migrate()
+    notices = storm(5)
+    ready = tmp_path / "held"
+    during = lambda: T0 + timedelta(minutes=5)  # noqa: E731
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the doomed dispatcher
+        try:
+            limiter = RateLimiter(NoticeLedger(Store(store_url)), LIMIT, during)
+            sends = [limiter.admit(notice).send for notice in notices]
+            ready.write_text(repr(sends))
+            time.sleep(60)
+        finally:
+            os._exit(1)
+    deadline = time.monotonic() + 60
+    while not ready.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    assert ready.read_text() == repr([True, True, True, False, False])
+
+    store = Store(store_url)
+    try:
+        after = lambda: T0 + timedelta(hours=1, minutes=1)  # noqa: E731
+        [digest] = RateLimiter(NoticeLedger(store), LIMIT, after).due()
+        assert digest.notices == tuple(notices[3:])
+    finally:
+        store.dispose()
