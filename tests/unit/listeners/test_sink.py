@@ -55,7 +55,7 @@ def test_stop_does_not_wait_while_the_store_is_failing() -> None:
     started = time.monotonic()
     sink.stop(timeout=5.0)
     # The queued event is in Airflow's database too: the next catch-up reads it.
-    assert time.monotonic() - started < 0.5
+    assert time.monotonic() - started < 2.5  # not the 5 s a wait for the store would take
     assert store.applied == []
 
 

@@ -180,8 +180,8 @@ def test_receiver_down_leaves_rows_and_send_now_returns_early(spool: Spool) -> N
         spool.append(record(f"t{i}"))
     fwd = forwarder(spool, free_port_url())
     started = time.monotonic()
-    assert fwd.send_now(5.0) is False
-    assert time.monotonic() - started < 2.0  # a refused connection ends it at once
+    assert fwd.send_now(30.0) is False
+    assert time.monotonic() - started < 10  # a refused connection ends it, not the 30 s
     assert spool.pending_count() == 3
     assert spool.claim(10) != []  # released, not leased: the relay can take them now
 
@@ -189,12 +189,12 @@ def test_receiver_down_leaves_rows_and_send_now_returns_early(spool: Spool) -> N
 def test_slow_receiver_send_now_returns_within_its_timeout(
     spool: Spool, receiver: Receiver
 ) -> None:
-    receiver.delay = 10.0
+    receiver.delay = 30.0
     spool.append(record())
     fwd = forwarder(spool, receiver.url)
     started = time.monotonic()
     assert fwd.send_now(0.5) is False
-    assert time.monotonic() - started < 1.5
+    assert time.monotonic() - started < 10  # its timeout, not the receiver's 30 s
     assert spool.pending_count() == 1  # never acked: the process may exit now
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -71,16 +70,14 @@ def test_plain_postgresql_urls_use_psycopg_3() -> None:
     assert normalize_url("sqlite:////tmp/x.db").drivername == "sqlite"
 
 
-def test_a_batch_of_1000_events_over_20_builds_is_fast(store: Store) -> None:
+def test_a_batch_of_1000_events_over_20_builds_is_one_apply(store: Store) -> None:
     events: list[Any] = [
         event(status, f"t{t}", run=f"r{r}", at=n)
         for n, status in enumerate((BuildStatus.QUEUE,))
         for r in range(20)
         for t in range(50)
     ]
-    started = time.perf_counter()
     result = store.apply(events)
-    elapsed = time.perf_counter() - started
 
-    assert len(result.build_ids) == 20
-    assert elapsed < 2.0, f"{elapsed:.3f}s"  # tens of ms locally; generous for slow CI
+    assert len(result.build_ids) == 20 and result.rejected == []
+    assert all(len(store.build_tree(build)["stages"]) >= 1 for build in result.build_ids)
