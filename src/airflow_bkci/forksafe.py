@@ -50,7 +50,7 @@ def _importing_elsewhere() -> list[Any]:
     """The module locks another thread holds now, except any it would need us to finish."""
     bootstrap: Any = importlib._bootstrap
     table = getattr(bootstrap, "_module_locks", None)
-    blocking_on = getattr(bootstrap, "_blocking_on", {})
+    blocking_on = getattr(bootstrap, "_blocking_on", None) or {}
     if not isinstance(table, dict):
         return []
     me = threading.get_ident()
@@ -67,7 +67,13 @@ def _importing_elsewhere() -> list[Any]:
             held.append(lock)
     # A thread waiting for a module this thread is importing (we fork from
     # inside an import) can never finish: do not wait for it.
-    return [lock for lock in held if id(blocking_on.get(lock.owner)) not in mine]
+    return [lock for lock in held if not _waits_for(blocking_on.get(lock.owner), mine)]
+
+
+def _waits_for(blocked_on: Any, mine: set[int]) -> bool:
+    # Python 3.11 keeps one lock per waiting thread, 3.12 and later a list of them.
+    locks = blocked_on if isinstance(blocked_on, list) else [blocked_on]
+    return any(id(lock) in mine for lock in locks if lock is not None)
 
 
 def wait_for_imports(limit: float | None = None) -> bool:
