@@ -407,8 +407,8 @@ class NotifyChannel:
         digests = list(first)
         now = self.clock()
         checked = self._digests_checked_until
-        if checked is None or now >= checked:
-            digests += self.limiter.due()
+        due = [] if checked is not None and now < checked else self.limiter.due()
+        digests += due
         failures: list[_Failure] = []
         for digest in digests:
             outcome = self._send_digest(digest)
@@ -416,9 +416,10 @@ class NotifyChannel:
                 failures.append(outcome)
             elif outcome:
                 self.limiter.sent(digest)
-        # A window's notices can only fall due when it ends; a failed digest is
-        # looked up again at the next send.
-        self._digests_checked_until = None if failures else self.limiter.next_due()
+        # A window's notices can only fall due when it ends. A failed digest, or a
+        # look that found some (one look returns at most 100 windows), means
+        # looking again at the next send or idle pass.
+        self._digests_checked_until = None if failures or due else self.limiter.next_due()
         return failures
 
     def _send_digest(self, digest: Digest) -> bool | _Failure:

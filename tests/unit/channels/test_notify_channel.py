@@ -18,7 +18,7 @@ from airflow_bkci.notify import NotifyPolicy, OwnerSources, RateLimit, parse_own
 from airflow_bkci.notify.deliver import Route, RoutePlan, plan_routes
 from airflow_bkci.notify.message import Message
 from airflow_bkci.notify.routing import Recipients
-from airflow_bkci.store import Store
+from airflow_bkci.store import Store, notice_ledger
 from airflow_bkci.store.notices import NoticeLog
 from airflow_bkci.store.outbox import Outbox
 from tests.unit.notify.builds import DAG, T0
@@ -318,6 +318,29 @@ def test_a_killed_dispatchers_held_notices_go_out_from_the_next_one(store: Store
     assert digest.subject.startswith("[bkci] etl_daily: 3 more failures")
     assert digest.text.count("\n- etl_daily #") == 3
     assert len(first.mails()) == 3 and notify.limiter.held(DAG) == 0
+
+
+def test_digests_of_more_windows_than_one_look_returns_all_go_out(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(notice_ledger, "_ENDED_GROUPS", 2)  # 100 in production
+    notifiers = RecordingNotifiers()
+    clock = Clock(T0 + timedelta(days=1, minutes=1))
+    notify = channel(store, notifiers, clock, rate_limit=RateLimit(1, timedelta(hours=1)))
+    pipelines = [f"etl_{n}" for n in range(5)]
+    for dag_id in pipelines:  # one message and one held notice each
+        failed_build(store, 1, dag_id=dag_id)
+        failed_build(store, 2, dag_id=dag_id)
+    runner = dispatcher(store, notify)
+    runner.drain(30)
+    assert len(notifiers.mails()) == 5
+
+    clock.now += timedelta(hours=1)
+    for _ in range(4):  # idle passes: two windows per look
+        runner.run_once()
+
+    digests = [m.subject for _, m in notifiers.mails() if "more failure" in m.subject]
+    assert sorted(s.split(":")[0] for s in digests) == [f"[bkci] {p}" for p in pipelines]
 
 
 def test_a_failed_delivery_is_retried_and_then_sent_once(store: Store) -> None:
