@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -36,14 +35,6 @@ class Recording:
             self.hold.wait(30)
         self.builds += [str(e["subject"]) for e in events]
         return SendResult(Delivery.DELIVERED)
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    store = Store(f"sqlite:///{tmp_path / 'status.db'}")
-    store.migrate()
-    yield store
-    store.dispose()
 
 
 def wait_until(check: Any, timeout: float = 10.0) -> bool:

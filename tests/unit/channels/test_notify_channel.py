@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime, timedelta
-from pathlib import Path
 
 import pytest
 
@@ -77,14 +76,6 @@ class Owners:
         return OwnerSources(
             task_owners=self.task_owners, owner_links={"rob": "mailto:rob@example.com"}
         )
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    store = Store(f"sqlite:///{tmp_path / 'status.db'}")
-    store.migrate()
-    yield store
-    store.dispose()
 
 
 def channel(

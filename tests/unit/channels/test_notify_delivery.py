@@ -44,14 +44,6 @@ def smtp(tmp_path: Path) -> Iterator[SmtpReceiver]:
     receiver.stop()
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    store = Store(f"sqlite:///{tmp_path / 'status.db'}")
-    store.migrate()
-    yield store
-    store.dispose()
-
-
 def test_root_cause_owners_get_mail_and_chat_once_each(
     store: Store,
     smtp: SmtpReceiver,

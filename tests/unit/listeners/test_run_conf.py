@@ -72,14 +72,6 @@ def big_conf(size: int) -> dict[str, str]:
     return {"blob": "x" * (size - len('{"blob":""}'))}
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    store = Store(f"sqlite:///{tmp_path / 'status.db'}")
-    store.migrate()
-    yield store
-    store.dispose()
-
-
 def stored_conf(store: Store, run_id: str = "manual__1") -> Any:
     with store.engine.connect() as conn:
         return conn.execute(

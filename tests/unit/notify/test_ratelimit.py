@@ -7,10 +7,9 @@ several limiters at once in tests/unit/store/test_notice_ledger.py).
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime, timedelta
-from pathlib import Path
 
 import pytest
 
@@ -31,14 +30,6 @@ class Clock:
 
 
 Limiters = Callable[..., RateLimiter]
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    store = Store(f"sqlite:///{tmp_path / 'status.db'}")
-    store.migrate()
-    yield store
-    store.dispose()
 
 
 @pytest.fixture
