@@ -318,9 +318,19 @@ def test_a_running_build_changes_on_screen_within_a_second(
     )
     assert 0 <= on_build - stored <= SCREEN_LATENCY_MS
     assert 0 <= on_wall - stored <= SCREEN_LATENCY_MS
-    # The build goes on to SUCCEED without a reload: the whole tree, not one field.
+    # The build goes on to SUCCEED without a reload: the whole tree, not one field,
+    # and the transition history with it.
     wait_status(build, "[data-testid=build-status]", "SUCCEED", timeout=60)
     wait_status(wall, f"{tile} [data-testid=tile-status]", "SUCCEED", timeout=60)
+    build.locator("[data-testid=transition][data-node=''][data-to=SUCCEED]").wait_for(
+        timeout=10_000
+    )
+    history = build.locator(f"[data-testid=transition][data-node='{HOLD_TASK}']")
+    assert history.evaluate_all("rows => rows.map(r => r.dataset.to)")[:2] == [
+        "SUCCEED",
+        "RUNNING",
+    ]
+    assert history.first.locator(".airflow-state").inner_text() == "success"
     build.screenshot(path=artifacts_dir() / "dashboard-build.png")
 
 

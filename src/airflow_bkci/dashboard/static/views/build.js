@@ -164,14 +164,16 @@ export function startBuild({ live, render }, buildId) {
 
   function Transitions() {
     return html`<section class="transitions-wrap">
-      <h2>Transitions <span class="muted">(newest first${state.transitions.length >= TRANSITIONS_LIMIT ? `, the last ${TRANSITIONS_LIMIT}` : ""})</span></h2>
+      <h2>Transitions <span class="muted">(newest first${state.transitions.length >= TRANSITIONS_LIMIT ? `, the last ${TRANSITIONS_LIMIT}` : ""}; Airflow's own state in grey)</span></h2>
       ${state.transitionsError ? html`<p class="muted">${state.transitionsError}</p>` : null}
       <div class="table-scroll"><table class="transitions" data-testid="transitions">
         <thead><tr><th>When</th><th>Node</th><th>From</th><th>To</th><th>Try</th><th>Source</th></tr></thead>
-        <tbody>${state.transitions.map((t, i) => html`<tr key=${`${t.node}|${t.at}|${t.to}|${i}`} data-testid="transition">
+        <tbody>${state.transitions.map((t, i) => html`<tr key=${`${t.node}|${t.at}|${t.to}|${i}`} data-testid="transition"
+            data-node=${t.node || ""} data-to=${t.to}>
           <td title=${t.at}>${fmtTime(t.at)}</td><td>${t.node || "(build)"}</td>
           <td>${t.from ? html`<${StatusBadge} status=${t.from} />` : "—"}</td>
-          <td><${StatusBadge} status=${t.to} /></td><td>${t.try_number ?? ""}</td><td class="muted">${t.source || ""}</td>
+          <td><${StatusBadge} status=${t.to} />${t.airflow_state ? html` <span class="muted airflow-state" title="Airflow's state">${t.airflow_state}</span>` : null}</td>
+          <td>${t.try_number ?? ""}</td><td class="muted">${t.source || ""}</td>
         </tr>`)}</tbody>
       </table></div>
     </section>`;
