@@ -18,8 +18,9 @@ thread that does not exist there, so the child's first import of it hangs.
 Our threads import some modules when they first need them (requests with
 the webhook channel, apprise and its plugins with the first notification, a
 second or more): a LocalExecutor worker forked meanwhile runs every later
-task whose DAG file imports the same module into the DAG-bag import timeout. So a fork also waits, for at most
-``IMPORT_WAIT_LIMIT``, until no other thread is inside an import. Python keeps
+task whose DAG file imports the same module into the DAG-bag import timeout.
+So a fork also waits, for at most ``IMPORT_WAIT_LIMIT``, until no other thread
+is inside an import. Python keeps
 no public record of imports in progress; we read importlib's own table of
 module locks, and if a future Python changes it the wait just does nothing.
 """
