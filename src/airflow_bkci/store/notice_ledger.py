@@ -106,7 +106,11 @@ class NoticeLedger:
             for pipeline_id, window, count, first_id, last_id in conn.execute(groups).all():
                 rows = conn.scalars(
                     select(H.notice)
-                    .where(H.pipeline_id == pipeline_id, H.window_start == window)
+                    .where(
+                        H.pipeline_id == pipeline_id,
+                        H.window_start == window,
+                        H.id <= last_id,  # one held since the count goes in the next digest
+                    )
                     .order_by(H.id)
                     .limit(keep)
                 ).all()
@@ -132,7 +136,10 @@ class NoticeLedger:
             if not count:
                 return None
             rows = conn.scalars(
-                select(H.notice).where(H.pipeline_id == pipeline_id).order_by(H.id).limit(keep)
+                select(H.notice)
+                .where(H.pipeline_id == pipeline_id, H.id <= last_id)
+                .order_by(H.id)
+                .limit(keep)
             ).all()
         return HeldNotices(
             pipeline_id, first_window, last_window, _notices(rows), count, first_id, last_id
