@@ -20,9 +20,9 @@ the webhook channel, apprise and its plugins with the first notification, a
 second or more): a LocalExecutor worker forked meanwhile runs every later
 task whose DAG file imports the same module into the DAG-bag import timeout.
 So a fork also waits, for at most ``IMPORT_WAIT_LIMIT``, until no other thread
-is inside an import. Python keeps
-no public record of imports in progress; we read importlib's own table of
-module locks, and if a future Python changes it the wait just does nothing.
+is inside an import. Python keeps no public record of imports in progress; we
+read importlib's own table of module locks, and if a future Python changes it
+the wait just does nothing.
 """
 
 from __future__ import annotations

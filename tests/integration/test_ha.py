@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
-import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -19,6 +19,8 @@ from tests.integration.helpers import eventually
 from tests.integration.truth import RETRY_STEPS, steps, wait_agreement
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres]
+
+log = logging.getLogger(__name__)
 
 
 # The second scheduler's scheduling loop has begun (its LocalExecutor workers are forked).
@@ -88,8 +90,7 @@ def _stop(scheduler: subprocess.Popen[bytes]) -> None:
     try:
         scheduler.wait(60)
     except subprocess.TimeoutExpired:
-        warnings.warn(
-            "the second scheduler did not stop within 60 s of SIGTERM; killed", stacklevel=2
-        )
         os.killpg(scheduler.pid, signal.SIGKILL)
         scheduler.wait(30)
+        # Logged, not raised: the test's subject is duplication, and this hang is Airflow's.
+        log.warning("the second scheduler did not stop within 60 s of SIGTERM; killed it")

@@ -451,10 +451,10 @@ class NotifyChannel:
             deleted = self.sent_log.prune(NOTICE_RETENTION)
             if deleted:
                 log.info("bkci notify: forgot %d sent-log keys older than 30 days", deleted)
-        limit = self.limiter.limit
+        limit, today = self.limiter.limit, self.clock()
         held, _ = self.ledger.prune(
-            held_before=self.clock() - NOTICE_RETENTION,
-            windows_before=limit.window_start(self.clock()) - limit.window,
+            held_before=today - NOTICE_RETENTION,
+            windows_before=limit.window_start(today) - limit.window,
         )
         if held:
             log.warning(

@@ -146,14 +146,6 @@ def service() -> FakeService:
     )
 
 
-@pytest.fixture
-def status_store(tmp_path: Path) -> Iterator[Store]:
-    store = Store(f"sqlite:///{tmp_path / 'status.db'}")
-    store.migrate()
-    yield store
-    store.dispose()
-
-
 def make_client(service: Any, store: Any = None) -> TestClient:
     app = create_app(
         store_factory=lambda: store or FailingStore(),
@@ -234,15 +226,15 @@ def test_chunked_is_passed_through(client: TestClient, service: FakeService) -> 
 
 
 def test_build_ids_are_resolved_through_the_status_store(
-    auth: FakeAuthManager, service: FakeService, status_store: Store
+    auth: FakeAuthManager, service: FakeService, store: Store
 ) -> None:
-    status_store.apply(
+    store.apply(
         [
             build_event(BuildStatus.RUNNING, dag="etl", run="r1"),
             build_event(BuildStatus.QUEUE, dag="etl", run="r2"),
         ]
     )
-    client = make_client(service, status_store)
+    client = make_client(service, store)
     ids = [build_id_for("etl", "r2"), build_id_for("etl", "r1"), build_id_for("etl", "r2")]
     response = client.post(CANCEL, json={"build_ids": ids, "reason": "r"}, headers=ALICE)
     assert response.status_code == 200
@@ -253,10 +245,10 @@ def test_build_ids_are_resolved_through_the_status_store(
 
 
 def test_unknown_build_ids_are_404_naming_them(
-    auth: FakeAuthManager, service: FakeService, status_store: Store
+    auth: FakeAuthManager, service: FakeService, store: Store
 ) -> None:
-    status_store.apply([build_event(BuildStatus.RUNNING, dag="etl", run="r1")])
-    client = make_client(service, status_store)
+    store.apply([build_event(BuildStatus.RUNNING, dag="etl", run="r1")])
+    client = make_client(service, store)
     ids = [build_id_for("etl", "r1"), "b-nope", "b-gone"]
     response = client.post(CANCEL, json={"build_ids": ids, "reason": "r"}, headers=ALICE)
     assert response.status_code == 404

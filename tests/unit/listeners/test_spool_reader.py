@@ -36,14 +36,6 @@ class SwitchableStore:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    opened = Store(f"sqlite:///{tmp_path / 'status.db'}")
-    opened.migrate()
-    yield opened
-    opened.dispose()
-
-
-@pytest.fixture
 def spool(tmp_path: Path) -> Iterator[Spool]:
     opened = Spool(tmp_path / "spool.db")
     yield opened
