@@ -132,7 +132,9 @@ def test_a_dispatcher_killed_with_sigkill_loses_no_held_notice(store_url: str, t
         try:
             limiter = RateLimiter(NoticeLedger(Store(store_url)), LIMIT, during)
             sends = [limiter.admit(notice).send for notice in notices]
-            ready.write_text(repr(sends))
+            # Written aside and renamed: the parent must never read a half-written file.
+            ready.with_suffix(".tmp").write_text(repr(sends))
+            ready.with_suffix(".tmp").rename(ready)
             time.sleep(60)
         finally:
             os._exit(1)
